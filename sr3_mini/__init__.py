@@ -1,0 +1,43 @@
+"""sr3_mini: a compact, faithful, tested reference of SR3 (Saharia et al., 2021, arXiv:2104.07636).
+
+Image super-resolution by conditional denoising diffusion: start from Gaussian noise y_T and refine it, step by
+step, with a U-Net f_theta(x, y_t, gamma) that sees the low-resolution image x. Equation numbers (1)-(10)
+throughout are those of ``shared/paper/EQUATIONS.md``.
+
+Modules, in the paper's order: ``schedule`` (alpha, gamma, p(gamma)), ``diffusion`` (the equations),
+``resize`` (how x is made and upsampled), ``unet`` (f_theta, Table 1), ``data``, ``train`` (Algorithm 1),
+``sample`` (Algorithm 2), ``metrics``, ``viz``, ``cli``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import diffusion, resize, schedule
+from .schedule import Schedule
+
+__version__ = "0.1.0"
+__all__ = ["Schedule", "diffusion", "schedule", "resize", "load_pretrained", "DATA_DIR", "__version__"]
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+_BUNDLED = {"sr3": "sr3_mini_x4.pt", "regression": "regression_x4.pt"}
+
+
+def load_pretrained(kind: str = "sr3", device="cpu"):
+    """The bundled x4 model (16->64 crops, fully convolutional), ready to sample.
+
+    Returns ``(model, schedule, info)``: the U-Net in eval mode with its EMA weights, the training schedule
+    (sampling may use any other: the network is conditioned on gamma), and the checkpoint's metadata.
+    ``kind="regression"`` gives the regression baseline of the paper's comparisons instead.
+    """
+    import os
+
+    from .checkpoint import load_model
+
+    if kind not in _BUNDLED:
+        raise ValueError(f"kind must be one of {sorted(_BUNDLED)}, got {kind!r}")
+    root = Path(os.environ.get("SR3_MINI_DATA", DATA_DIR))
+    path = root / _BUNDLED[kind]
+    if not path.exists():
+        raise FileNotFoundError(f"bundled model not found at {path}; see data/MODEL_CARD.md to retrain it")
+    model, info = load_model(path, device=device, use_ema=True)
+    return model, Schedule.from_dict(info["schedule"]), info

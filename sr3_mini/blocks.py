@@ -1,0 +1,140 @@
+"""The building blocks of SR3's U-Net f_theta(x, y_t, gamma): section 2.4 and Table 1 of the paper.
+
+Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), section 2.4 ("Architecture" in
+``shared/paper/EQUATIONS.md``): SR3 takes the DDPM U-Net and (a) replaces its residual blocks by those of
+BigGAN (Brock et al., 2019), (b) rescales skip connections by 1/sqrt(2), (c) uses more residual blocks per
+resolution. The paper leaves the details open; we follow the score-SDE code (Song et al., 2021,
+``ResnetBlockBigGANpp``), which SR3's authors cite for these changes, and ADM's "scale-shift norm"
+(Dhariwal & Nichol, 2021) for injecting the noise level gamma.
+
+- ``gamma_embedding``: sinusoidal features of the continuous noise level gamma (WaveGrad / SR3 condition on
+  gamma, not on t).
+- ``ResBlock``: BigGAN residual block, optional 2x up/down-sampling of both branches inside the block, FiLM
+  of gamma, output (skip + h) / sqrt(2).
+- ``Attention``: DDPM self-attention over the H*W positions, with the same 1/sqrt(2) skip rescale.
+- ``EmbedSequential``: a chain of blocks that all receive the gamma embedding.
+
+Shapes: feature maps ``[B, C, H, W]``, embeddings ``[B, E]``. Sibling module: ``unet.py`` wires these up.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["gamma_embedding", "group_norm", "ResBlock", "Attention", "EmbedSequential"]
+
+SKIP_SCALE = 1 / math.sqrt(2)  # section 2.4: "skip connections rescaled by 1/sqrt(2)"
+
+
+def gamma_embedding(gamma: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """Sinusoidal features of the noise level: ``gamma [B] -> [B, dim]`` (DDPM/Transformer positional code).
+
+    DDPM embeds the integer t in 0..1000; SR3 conditions on the continuous gamma in (0, 1] instead, so we embed
+    ``scale * gamma`` (scale=1000 puts it on DDPM's range, where the frequencies 1 .. 1/10000 resolve both
+    neighbouring gamma near 1 and the coarse noise range). Computed in the dtype of ``gamma``.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) / max(half - 1, 1)
+                      * torch.arange(half, device=gamma.device, dtype=gamma.dtype))
+    angles = (scale * gamma)[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups as in DDPM, fewer (gcd) when ``channels`` is not a multiple (small presets)."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """BigGAN residual block with FiLM of the noise level (section 2.4; BigGAN fig. 15; score-SDE, ADM).
+
+    ``x [B, in_ch, H, W], emb [B, E] -> [B, out_ch, H', W']`` with ``H' = H/2, H, 2H`` for ``resample =
+    "down", None, "up"``::
+
+        h = SiLU(GroupNorm(x));  resample h and x     (BigGAN: resampling inside the block, both branches)
+        h = Conv3x3(h)
+        scale, shift = Linear(emb)                    (FiLM / ADM scale-shift norm of gamma)
+        h = GroupNorm(h) * (1 + scale) + shift
+        h = Conv3x3(Dropout(SiLU(h)))                 (zero-initialised: the block starts as the identity)
+        return (skip(x) + h) / sqrt(2)                (skip = 1x1 conv when in_ch != out_ch)
+
+    Down-sampling is 2x2 average pooling and up-sampling nearest-neighbour, as in BigGAN and score-SDE's
+    ``fir=False`` variant. ``emb`` must already be passed through SiLU (``unet.py`` does it once for all blocks).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0,
+                 resample: str | None = None, groups: int = 32):
+        super().__init__()
+        if resample not in (None, "up", "down"):
+            raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
+        self.resample = resample
+        self.norm1 = group_norm(in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch, groups)
+        # dropout 0.2 only for 16->128 (Table 1 setting); skip the no-op module otherwise
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        # DDPM / score-SDE zero-init the last conv of a residual branch, so each block starts as skip / sqrt(2)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def _resample(self, t: torch.Tensor) -> torch.Tensor:
+        if self.resample == "down":
+            return F.avg_pool2d(t, 2)
+        if self.resample == "up":
+            return F.interpolate(t, scale_factor=2.0, mode="nearest")
+        return t
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # GroupNorm backward needs its input, not its output, so SiLU may act in place
+        h = F.silu(self.norm1(x), inplace=True)
+        h = self.conv1(self._resample(h))
+        x = self._resample(x)
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        # FiLM: h = GroupNorm(h) * (1 + scale) + shift, one fused pass
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        h = self.conv2(self.dropout(F.silu(h)))
+        # section 2.4: (skip + h) / sqrt(2); in place on conv2's output, which its backward does not need
+        return h.add_(self.skip(x)).mul_(SKIP_SCALE)
+
+
+class Attention(nn.Module):
+    """DDPM self-attention block over the ``H*W`` positions, with the 1/sqrt(2) skip rescale (section 2.4).
+
+    ``x [B, C, H, W] -> [B, C, H, W]``: ``(x + Proj(SDPA(q, k, v))) / sqrt(2)`` where ``q, k, v`` come from one
+    1x1 conv of ``GroupNorm(x)`` and are split into ``C // head_channels`` heads. ``Proj`` is zero-initialised.
+    ``emb`` is accepted and ignored so that every block in ``EmbedSequential`` has the same call signature.
+    """
+
+    def __init__(self, channels: int, head_channels: int = 64, groups: int = 32):
+        super().__init__()
+        self.heads = max(channels // head_channels, 1)
+        if channels % self.heads:
+            raise ValueError(f"{channels} channels do not split into {self.heads} heads")
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, H*W, C/heads]
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        h = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        return h.add_(x).mul_(SKIP_SCALE)
+
+
+class EmbedSequential(nn.Sequential):
+    """``nn.Sequential`` whose blocks all take ``(h, emb)``: a ResBlock, optionally followed by Attention."""
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            h = block(h, emb)
+        return h

@@ -1,0 +1,163 @@
+"""Checkpoints of sr3_mini: one self-describing file per model, written atomically.
+
+A checkpoint is a plain dict saved with ``torch.save`` and read back with ``weights_only=True`` (tensors,
+numbers, strings, lists, tuples and dicts only: no pickled code runs on load)::
+
+    {"format": "sr3_mini/1", "kind": "sr3" | "regression", "scale": 4,
+     "unet_config": dict,        # UNetConfig fields: enough to rebuild the network
+     "schedule": dict,           # the *training* schedule (Schedule.to_dict), p(gamma) of Algorithm 1
+     "model": state_dict,        # raw weights theta
+     "ema": state_dict | None,   # exponential moving average of theta: the weights used for sampling
+     "optimizer": dict | None, "step": int, "rng": dict | None,   # everything needed to resume exactly
+     "train_config": dict, "metrics": dict}
+
+``save_checkpoint`` writes a temporary file in the destination folder, flushes and fsyncs it, then renames it
+over the destination (``os.replace`` is atomic on POSIX and Windows) and fsyncs the folder: a crash or kill at
+any moment leaves either the previous checkpoint or the new one, never a mixture. A kill may leave a stray
+``*.tmp`` file beside it, which is harmless.
+
+The regression baseline of the paper (section 4) uses the same U-Net and file format with ``kind="regression"``;
+``regression_predict`` is its inference, kept here so the sampler and the command line need not import the
+trainer.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["FORMAT", "REGRESSION_GAMMA", "save_checkpoint", "load_checkpoint", "load_model",
+           "export_for_release", "regression_predict"]
+
+FORMAT = "sr3_mini/1"
+REQUIRED_KEYS = ("format", "kind", "unet_config", "schedule", "scale", "model")
+KINDS = ("sr3", "regression")
+BIG_KEYS = ("model", "ema", "optimizer", "rng")  # left out of the ``info`` dict of load_model
+
+# The regression network keeps the signature f_theta(y_t, x_up, gamma) of the diffusion model so that both share
+# one U-Net: it is always fed y_t = 0 and this constant gamma (1 = "no noise"), and its output is y itself.
+REGRESSION_GAMMA = 1.0
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``, fsync of the
+    folder). Creates the folder if needed. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable. Not possible on Windows (folders cannot be opened): skipped there."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``. Raises FileNotFoundError if it is missing and ValueError
+    if it is truncated, corrupt, or not an sr3_mini checkpoint (naming what is wrong)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not an sr3_mini checkpoint dict")
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {state.get('format')!r}; expected {FORMAT!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} lacks the checkpoint keys {missing}")
+    if state["kind"] not in KINDS:
+        raise ValueError(f"{path} has kind {state['kind']!r}; expected one of {KINDS}")
+    return state
+
+
+def unet_config_from_dict(d: dict):
+    """UNetConfig from its saved dict; unknown keys raise a ValueError naming them."""
+    from sr3_mini.unet import UNetConfig
+
+    fields = {f.name: f for f in dataclasses.fields(UNetConfig)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unet_config has keys that UNetConfig does not know: {unknown}")
+    return UNetConfig(**d)
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict, what: str = "weights") -> None:
+    """Raise ValueError naming missing/unexpected keys and shape mismatches between ``sd`` and ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs config {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(sd)) if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else "",
+                 f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}" if unexpected else "",
+                 f"shape mismatches {shapes[:8]}" if shapes else ""]
+        raise ValueError(f"the {what} do not match the checkpoint's unet_config: "
+                         + "; ".join(p for p in parts if p))
+
+
+def load_model(path, device="cpu", use_ema: bool = True):
+    """Rebuild the U-Net of a checkpoint. Returns ``(model, info)``: the UNet in eval mode on ``device`` (float32,
+    EMA weights when ``use_ema`` and present), and the checkpoint dict without its big entries, plus
+    ``info["weights"]`` = "ema" or "model" saying which were loaded."""
+    from sr3_mini.unet import UNet
+
+    state = load_checkpoint(path)
+    model = UNet(unet_config_from_dict(state["unet_config"]))
+    use = "ema" if use_ema and state.get("ema") is not None else "model"
+    sd = state[use]
+    if sd is None:
+        raise ValueError(f"{path} holds no weights under {use!r}")
+    check_state_dict(model, sd, what=f"{use} weights of {path}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    info = {k: v for k, v in state.items() if k not in BIG_KEYS}
+    info["weights"] = state.get("weights_source", use)
+    return model.to(device).eval(), info
+
+
+def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
+    """Slim copy of a training checkpoint for distribution: the EMA weights only (stored under ``"model"``,
+    cast to ``dtype``; float16 halves the size and costs nothing visible), no optimizer or RNG state.
+    ``load_model`` casts back to float32. Returns ``dst``."""
+    state = load_checkpoint(src)
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    out = {k: v for k, v in state.items() if k not in BIG_KEYS}
+    out.update(model={k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
+               ema=None, optimizer=None, rng=None,
+               weights_source="ema" if state.get("ema") is not None else "model")
+    return save_checkpoint(dst, out)
+
+
+def regression_predict(model: torch.nn.Module, x_up: torch.Tensor) -> torch.Tensor:
+    """The regression baseline's prediction of y from the upsampled input ``x_up`` [B, 3, H, W]: one forward
+    pass with y_t = 0 and gamma = REGRESSION_GAMMA. Returns [B, 3, H, W] (unclamped)."""
+    y_t = torch.zeros_like(x_up)
+    gamma = torch.full((x_up.shape[0],), REGRESSION_GAMMA, device=x_up.device, dtype=x_up.dtype)
+    return model(y_t, x_up, gamma)

@@ -1,0 +1,48 @@
+"""Resizing, in one place: how the LR input x is made from y, and how x is upsampled for the network.
+
+Saharia et al. (2021), section 4: low-resolution inputs are made by bicubic downsampling with anti-aliasing,
+and the network is conditioned on x bicubic-upsampled to the target size and concatenated with y_t (§2.4).
+The data pipeline, the consistency metric and the sampler all call these two functions, so "the
+downsampling used to make the input" is by construction the same everywhere.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["downsample", "upsample"]
+
+
+def downsample(y: torch.Tensor, scale: int) -> torch.Tensor:
+    """HR -> LR: bicubic with anti-aliasing, ``[B, C, H, W] -> [B, C, H/scale, W/scale]`` (or ``[C, H, W]``),
+    clamped to [-1, 1] like a saved image. H and W must be divisible by ``scale``."""
+    scale = _scale(scale)
+    y4 = _batched(y, "y")
+    h, w = y4.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"y is {h}x{w}; its height and width must be multiples of scale={scale}")
+    x = F.interpolate(y4, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
+    x = x.clamp(-1, 1)
+    return x if y.ndim == 4 else x[0]
+
+
+def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """LR -> HR size: plain bicubic (no anti-aliasing needed when enlarging), clamped to [-1, 1].
+    ``[B, C, h, w] -> [B, C, h*scale, w*scale]`` (or ``[C, h, w]``)."""
+    scale = _scale(scale)
+    x4 = _batched(x, "x")
+    x_up = F.interpolate(x4, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
+    return x_up if x.ndim == 4 else x_up[0]
+
+
+def _scale(scale) -> int:
+    if isinstance(scale, bool) or int(scale) != scale or int(scale) < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    return int(scale)
+
+
+def _batched(t: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor) or t.ndim not in (3, 4):
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a [B, C, H, W] or [C, H, W] tensor, got {shape}")
+    return t if t.ndim == 4 else t.unsqueeze(0)

@@ -1,0 +1,334 @@
+"""Algorithm 2 of SR3, inference by iterative refinement: equations (7)-(10) of ``shared/paper/EQUATIONS.md``.
+
+Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), section 2.3:
+
+    y_T ~ N(0, I)                                                                             (7)
+    for t = T, ..., 1:
+        z ~ N(0, I) if t > 1, else z = 0
+        y_{t-1} = 1/sqrt(alpha_t) (y_t - (1 - alpha_t)/sqrt(1 - gamma_t) f_theta(x, y_t, gamma_t)) + sigma_t z   (10)
+    return y_0
+
+with sigma_t^2 = 1 - alpha_t as in the paper, or the posterior variance of (4). The step itself is
+``diffusion.p_sample_step``; this module draws the noise, loops, records a ``Trajectory`` and calls the network.
+Also here: a deterministic DDIM sampler (Song et al. 2021, eta = 0, not in SR3), ``super_resolve`` (raw LR x ->
+bicubic x_up -> sample), a ``cascade`` of x4 stages (section 4 of the paper) and a search over inference schedules.
+
+f_theta is any callable ``f(y_t, x_up, gamma) -> eps`` with y_t, x_up ``[B, 3, H, W]`` (the U-Net concatenates
+them along channels) and gamma ``[B]``. It sees the noise level gamma, not t, so any ``Schedule`` works for
+inference whatever schedule it was trained with. Every random number comes from ``generator`` (drawn on the
+generator's device, then moved), so a seed reproduces a sample exactly.
+Relies on: diffusion, schedule, resize, metrics (for the schedule search).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from . import diffusion as D
+from .metrics import consistency, psnr, sharpness, ssim
+from .resize import upsample
+from .schedule import Schedule
+
+__all__ = ["Trajectory", "Stage", "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve",
+           "cascade", "schedule_search", "plot_schedule_search"]
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Trajectory:
+    """Snapshots of one sampling run, noisiest first, for figure grids and widgets (on the CPU, float32).
+
+    ``t[k]`` and ``gamma[k]`` label snapshot k; ``y_t[k]`` is the image entering step t and ``y0_hat[k]`` the
+    prediction (8) of y_0 made at that step (clipped if the sampler clips). The last snapshot is always t = 0,
+    gamma = 1: the output itself (``y_t[-1]`` equals what the sampler returned). Stacks are ``[K, B, 3, H, W]``.
+    """
+    t: list
+    gamma: list
+    y_t: torch.Tensor
+    y0_hat: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+@dataclass
+class Stage:
+    """One x``scale`` stage of a cascade: its network, inference schedule (None: the default) and steps."""
+    model: object
+    schedule: Schedule | None = None
+    steps: int = 100
+    scale: int = 4
+
+
+def default_inference_schedule(steps: int = 100) -> Schedule:
+    """SR3's training schedule (linear beta 1e-6 -> 1e-2, T = 2000) respaced to ``steps`` evenly spaced
+    gammas. Chosen over the fixed linear 1e-4 -> 0.1 inference schedule of the SR3 community code because it
+    ends at the same gamma_T (~4.5e-5, pure noise) for every ``steps``, while the fixed one only reaches
+    pure noise near 100 steps (at 10 steps its gamma_T is 0.6)."""
+    return Schedule.linear(2000, 1e-6, 1e-2).respaced(steps)
+
+
+def sample_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: torch.Generator | None = None,
+                variance: str = "paper", clip: bool = False, y_T: torch.Tensor | None = None,
+                return_trajectory: bool = False, trajectory_steps=None, every: int | None = None,
+                progress: bool = True, autocast: str | None = None):
+    """Algorithm 2: ancestral sampling of p_theta(y_0 | x), (7) and (10), one ``p_sample_step`` per t = T..1.
+
+    x_up: the conditioning image ``[B, 3, H, W]`` (LR already upsampled). Returns y_0 ``[B, 3, H, W]``
+    (not clamped), or ``(y_0, Trajectory)`` with ``return_trajectory``. ``variance``: "paper" (1 - alpha_t)
+    or "posterior" ((4)). ``clip=False`` is the paper's (10). ``clip=True`` is the deviation most
+    implementations make: y^_0 of (8) is clamped to [-1, 1] and y_{t-1} is drawn around the posterior mean (4)
+    at the clamped y^_0 (which equals (9) whenever nothing is clamped). ``y_T`` injects the starting noise.
+    Snapshots are taken at ``trajectory_steps`` (a list of t) or every ``every`` steps (default ~10 of them).
+    """
+    if variance not in ("paper", "posterior"):
+        raise ValueError(f"variance must be 'paper' or 'posterior', got {variance!r}")
+
+    def step(y_t, eps, t, a, g, g_prev, want_y0):
+        z = _randn(y_t.shape, generator, y_t.device) if t > 1 else None   # z = 0 at the last step (t = 1)
+        if not clip:
+            y0_hat = D.predict_y0(y_t, eps, g) if want_y0 else None        # (8), for the trajectory only
+            return D.p_sample_step(y_t, eps, a, g, g_prev, z, variance), y0_hat  # (10)
+        y0_hat = D.predict_y0(y_t, eps, g).clamp(-1, 1)                   # (8), clamped to the data range
+        mean, var_post = D.posterior(y0_hat, y_t, a, g, g_prev)             # (4) at the clamped y^_0
+        if z is None:
+            return mean, y0_hat
+        var = var_post if variance == "posterior" else 1 - a               # (10): sigma_t^2 = 1 - alpha_t
+        return mean + torch.as_tensor(var, dtype=y_t.dtype).sqrt() * z, y0_hat
+
+    return _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, trajectory_steps, every,
+                   progress, autocast, "SR3 (DDPM)")
+
+
+def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: torch.Generator | None = None,
+              clip: bool = False, y_T: torch.Tensor | None = None, return_trajectory: bool = False,
+              trajectory_steps=None, every: int | None = None, progress: bool = True,
+              autocast: str | None = None):
+    """Deterministic DDIM sampling (Song, Meng & Ermon 2021, eta = 0); an extra, not part of SR3.
+
+    Each step predicts y^_0 by (8) and jumps to gamma_{t-1} along the predicted noise:
+    y_{t-1} = sqrt(gamma_{t-1}) y^_0 + sqrt(1 - gamma_{t-1}) eps^, i.e. (5) with eps replaced by f_theta.
+    Only y_T is random (drawn from ``generator`` or given as ``y_T``); from it the output is a deterministic
+    function of x. Arguments and return value as ``sample_loop``.
+    """
+    def step(y_t, eps, t, a, g, g_prev, want_y0):
+        y0_hat = D.predict_y0(y_t, eps, g)                                  # (8)
+        if clip:
+            y0_hat = y0_hat.clamp(-1, 1)
+        # DDIM (eta = 0) = (5) at gamma_{t-1}: y_{t-1} = sqrt(gamma_{t-1}) y^_0 + sqrt(1 - gamma_{t-1}) eps^
+        return D.q_sample(y0_hat, g_prev, eps), y0_hat
+
+    return _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, trajectory_steps, every,
+                   progress, autocast, "DDIM")
+
+
+def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, steps: int = 100,
+                  generator: torch.Generator | None = None, variance: str = "paper", clip: bool = True,
+                  sampler: str = "ddpm", return_trajectory: bool = False, progress: bool = True,
+                  autocast: str | None = None, scale: int = 4, **trajectory_kw):
+    """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
+
+    x_up = ``resize.upsample(x, scale)`` conditions the network; then ``sample_loop`` (``sampler="ddpm"``,
+    Algorithm 2) or ``ddim_loop`` (``"ddim"``). ``schedule=None`` uses ``default_inference_schedule(steps)``;
+    a given schedule is used as is (``steps`` then only has to be valid): pass e.g.
+    ``train_schedule.respaced(50)``. ``clip=True`` here (unlike ``sample_loop``): clamping y^_0 keeps a small,
+    briefly trained model from drifting out of range, which is why most SR3 implementations do it; pass
+    ``clip=False`` for the paper's (10). The output is clamped to [-1, 1] (and so is the trajectory's last
+    snapshot). ``autocast="bf16"`` runs only the network under ``torch.autocast``; the equations stay float32.
+    The model runs in eval mode (its mode is restored); x is moved to the model's device and the result back.
+    ``trajectory_kw``: ``trajectory_steps`` / ``every`` / ``y_T``, passed to the loop.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if sampler not in ("ddpm", "ddim"):
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be an LR batch [B, 3, h, w], got {shape}")
+    x_up = upsample(x, scale)
+    H, W = x_up.shape[-2:]
+    multiple = getattr(model, "multiple", 1)
+    if H % multiple or W % multiple:
+        raise ValueError(f"the upsampled size {H}x{W} must be a multiple of model.multiple={multiple}; "
+                         f"pad x to a multiple of {multiple}/{scale} first")
+    schedule = default_inference_schedule(steps) if schedule is None else schedule
+    params = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    x_up = x_up.to(params.device) if params is not None else x_up
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()   # dropout off: a sample depends only on x and the generator
+    try:
+        if sampler == "ddpm":
+            out = sample_loop(model, x_up, schedule, generator=generator, variance=variance, clip=clip,
+                              return_trajectory=return_trajectory, progress=progress, autocast=autocast,
+                              **trajectory_kw)
+        else:
+            out = ddim_loop(model, x_up, schedule, generator=generator, clip=clip,
+                            return_trajectory=return_trajectory, progress=progress, autocast=autocast,
+                            **trajectory_kw)
+    finally:
+        if was_training:
+            model.train()
+    y, traj = out if return_trajectory else (out, None)
+    y = y.clamp(-1, 1).to(x.device)
+    if traj is None:
+        return y
+    traj.y_t[-1] = traj.y0_hat[-1] = y.detach().float().cpu()
+    return y, traj
+
+
+def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, return_all: bool = False,
+            **kwargs):
+    """Chain super-resolution stages (the paper's 64 -> 256 -> 1024 cascade, section 4): each stage's
+    output is the next stage's LR input. ``stages``: a sequence of ``Stage``; ``kwargs`` go to every
+    ``super_resolve`` call (variance, clip, sampler, progress, autocast). One generator feeds all stages.
+    Returns the final image, or the list of every stage's output with ``return_all``."""
+    stages = list(stages)
+    if not stages:
+        raise ValueError("a cascade needs at least one stage")
+    if "return_trajectory" in kwargs:
+        raise ValueError("cascade does not return trajectories; call super_resolve per stage for those")
+    outputs = []
+    for stage in stages:
+        x = super_resolve(stage.model, x, schedule=stage.schedule, steps=stage.steps, generator=generator,
+                          scale=stage.scale, **kwargs)
+        outputs.append(x)
+    return outputs if return_all else x
+
+
+_BETTER = {"psnr": lambda r: -r["psnr"], "ssim": lambda r: -r["ssim"], "consistency": lambda r: r["consistency"],
+           "sharpness": lambda r: abs(r["sharpness"] - 1)}
+
+
+def schedule_search(model, pairs, steps_list, end_list, metric: str = "psnr",
+                    generator: torch.Generator | None = None, *, beta_start: float = 1e-4, make_schedule=None,
+                    scale: int = 4, **kwargs) -> list:
+    """Quality against the number of steps and the schedule's end point, as the paper tuned its inference
+    schedule (there with FID; here with PSNR, SSIM, consistency and sharpness, which need no extra network).
+
+    For each ``steps`` in ``steps_list`` and ``end`` in ``end_list`` the schedule is
+    ``make_schedule(steps, end)``, by default ``Schedule.linear(steps, beta_start, end)`` (``end`` = beta_T).
+    ``pairs``: one ``(x, y)`` batch (``[B, 3, h, w]``, ``[B, 3, H, W]``) or an iterable of such pairs (single
+    images ``[3, ., .]`` allowed). Every grid cell starts from the same generator state (common random numbers;
+    seed 0 when no generator is given), so cells differ only by their schedule. ``kwargs`` go to
+    ``super_resolve`` (sampler, variance, clip, autocast; progress defaults to off).
+    Returns one dict per cell, ``{steps, beta_end, gamma_T, psnr, ssim, consistency, sharpness}`` (means over
+    all images), sorted best first by ``metric`` (sharpness: closest to 1; consistency: lowest).
+    """
+    if metric not in _BETTER:
+        raise ValueError(f"metric must be one of {sorted(_BETTER)}, got {metric!r}")
+    make_schedule = make_schedule or (lambda steps, end: Schedule.linear(steps, beta_start, end))
+    batches = _as_batches(pairs)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    start = generator.get_state()
+    kwargs.setdefault("progress", False)
+    rows = []
+    for steps in steps_list:
+        for end in end_list:
+            schedule = make_schedule(steps, end)
+            generator.set_state(start)
+            scores = {"psnr": [], "ssim": [], "consistency": [], "sharpness": []}
+            for x, y in batches:
+                y_hat = super_resolve(model, x, schedule=schedule, steps=steps, generator=generator,
+                                      scale=scale, **kwargs)
+                y = y.to(y_hat.device)
+                scores["psnr"].append(psnr(y_hat, y))
+                scores["ssim"].append(ssim(y_hat, y))
+                scores["consistency"].append(consistency(x.to(y_hat.device), y_hat, scale))
+                scores["sharpness"].append(sharpness(y_hat, y))
+            rows.append({"steps": int(steps), "beta_end": float(end), "gamma_T": schedule.gamma(schedule.T).item(),
+                         **{k: torch.cat(v).mean().item() for k, v in scores.items()}})
+    return sorted(rows, key=_BETTER[metric])
+
+
+def plot_schedule_search(rows: list, path, metrics=("psnr", "ssim", "consistency", "sharpness")):
+    """One panel per metric against the number of steps, one line per beta_end; saved as a PNG at ``path``.
+    Returns the path."""
+    from matplotlib.figure import Figure   # no pyplot: works headless, leaves no open figures behind
+
+    fig = Figure(figsize=(3.2 * len(metrics), 3.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for end in sorted({r["beta_end"] for r in rows}):
+            line = sorted((r["steps"], r[metric]) for r in rows if r["beta_end"] == end)
+            ax.plot([s for s, _ in line], [v for _, v in line], marker="o", label=f"beta_T={end:g}")
+        ax.set_xlabel("steps")
+        ax.set_title(metric)
+        ax.set_xscale("log")
+    axes[0].legend(fontsize="small")
+    fig.savefig(path)
+    return path
+
+
+def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, trajectory_steps, every,
+            progress, autocast, desc):
+    """The loop shared by both samplers: y_T, then ``step`` for t = T..1, recording snapshots."""
+    if not isinstance(x_up, torch.Tensor) or x_up.ndim != 4:
+        raise ValueError(f"x_up must be a [B, C, H, W] tensor, got {getattr(x_up, 'shape', type(x_up))}")
+    if autocast is not None and autocast not in _AUTOCAST:
+        raise ValueError(f"autocast must be None or one of {sorted(_AUTOCAST)}, got {autocast!r}")
+    dtype = torch.float64 if x_up.dtype == torch.float64 else torch.float32   # the equations never run in 16 bit
+    x_up = x_up.to(dtype)
+    T = schedule.T
+    record = _record_steps(T, trajectory_steps, every) if return_trajectory else set()
+    snaps = []
+    with torch.no_grad():
+        if y_T is None:
+            y_t = _randn(x_up.shape, generator, x_up.device).to(dtype)         # (7): y_T ~ N(0, I)
+        elif y_T.shape != x_up.shape:
+            raise ValueError(f"y_T must have the shape of x_up {tuple(x_up.shape)}, got {tuple(y_T.shape)}")
+        else:
+            y_t = y_T.to(x_up.device, dtype)
+        disable = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+        for t in tqdm(range(T, 0, -1), desc=desc, disable=disable, leave=False):
+            a, g, g_prev = schedule.alpha(t).item(), schedule.gamma(t).item(), schedule.gamma(t - 1).item()
+            eps = _f_theta(f_theta, y_t, x_up, g, autocast)
+            y_prev, y0_hat = step(y_t, eps, t, a, g, g_prev, t in record)
+            if t in record:
+                snaps.append((t, g, y_t.float().cpu(), y0_hat.float().cpu()))
+            y_t = y_prev
+    if not return_trajectory:
+        return y_t
+    snaps.append((0, 1.0, y_t.float().cpu(), y_t.float().cpu()))
+    ts, gs, ys, y0s = zip(*snaps)
+    return y_t, Trajectory(list(ts), list(gs), torch.stack(ys), torch.stack(y0s))
+
+
+def _f_theta(f_theta, y_t, x_up, gamma_t: float, autocast):
+    """eps^ = f_theta(x, y_t, gamma_t) with gamma as a [B] tensor; the network alone may run under autocast."""
+    gamma = torch.full((y_t.shape[0],), gamma_t, dtype=y_t.dtype, device=y_t.device)
+    ctx = torch.autocast(y_t.device.type, dtype=_AUTOCAST[autocast]) if autocast else contextlib.nullcontext()
+    with ctx:
+        eps = f_theta(y_t, x_up, gamma)
+    return eps.to(y_t.dtype)
+
+
+def _randn(shape, generator, device):
+    """N(0, I) from ``generator`` on its own device, then moved: a CPU generator gives the same numbers for a
+    CUDA run as for a CPU run."""
+    source = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=source).to(device)
+
+
+def _record_steps(T: int, trajectory_steps, every) -> set:
+    if trajectory_steps is not None:
+        steps = {int(t) for t in trajectory_steps}
+        if any(t < 0 or t > T for t in steps):
+            raise ValueError(f"trajectory_steps must lie in 0..T = 0..{T}, got {sorted(steps)}")
+        return steps
+    every = every or max(1, T // 10)
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return {t for t in range(T, 0, -every)}
+
+
+def _as_batches(pairs) -> list:
+    if (isinstance(pairs, (tuple, list)) and len(pairs) == 2
+            and all(isinstance(p, torch.Tensor) and p.ndim == 4 for p in pairs)):
+        return [tuple(pairs)]
+    return [tuple(p if p.ndim == 4 else p.unsqueeze(0) for p in pair) for pair in pairs]
