@@ -58,7 +58,7 @@ class ResBlock(nn.Module):
         h = Conv3x3(h)
         scale, shift = Linear(emb)                    (FiLM / ADM scale-shift norm of gamma)
         h = GroupNorm(h) * (1 + scale) + shift
-        h = Conv3x3(Dropout(SiLU(h)))                 (zero-initialised: the block starts as the identity)
+        h = Conv3x3(Dropout(SiLU(h)))                 (zero-initialised: the block starts as skip(x) / sqrt(2))
         return (skip(x) + h) / sqrt(2)                (skip = 1x1 conv when in_ch != out_ch)
 
     Down-sampling is 2x2 average pooling and up-sampling nearest-neighbour, as in BigGAN and score-SDE's
@@ -75,7 +75,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.film = nn.Linear(emb_dim, 2 * out_ch)
         self.norm2 = group_norm(out_ch, groups)
-        # dropout 0.2 only for 16->128 (Table 1 setting); skip the no-op module otherwise
+        # the paper uses dropout 0.2 for 16->128 only; no module at all when it is 0
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
@@ -91,8 +91,7 @@ class ResBlock(nn.Module):
         return t
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        # GroupNorm backward needs its input, not its output, so SiLU may act in place
-        h = F.silu(self.norm1(x), inplace=True)
+        h = F.silu(self.norm1(x))  # not in place: autograd would save a clone of its input
         h = self.conv1(self._resample(h))
         x = self._resample(x)
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)

@@ -11,6 +11,9 @@ numbers, strings, lists, tuples and dicts only: no pickled code runs on load)::
      "optimizer": dict | None, "step": int, "rng": dict | None,   # everything needed to resume exactly
      "train_config": dict, "metrics": dict}
 
+A release export (``export_for_release``) keeps only the EMA weights, under ``"model"`` with ``"ema": None`` and
+``"weights_source": "ema"``.
+
 ``save_checkpoint`` writes a temporary file in the destination folder, flushes and fsyncs it, then renames it
 over the destination (``os.replace`` is atomic on POSIX and Windows) and fsyncs the folder: a crash or kill at
 any moment leaves either the previous checkpoint or the new one, never a mixture. A kill may leave a stray
@@ -31,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FORMAT", "REGRESSION_GAMMA", "save_checkpoint", "load_checkpoint", "load_model",
-           "export_for_release", "regression_predict"]
+__all__ = ["FORMAT", "REGRESSION_GAMMA", "make_state", "save_checkpoint", "load_checkpoint", "load_model",
+           "unet_config_from_dict", "check_state_dict", "export_for_release", "regression_predict"]
 
 FORMAT = "sr3_mini/1"
 REQUIRED_KEYS = ("format", "kind", "unet_config", "schedule", "scale", "model")
@@ -42,6 +45,19 @@ BIG_KEYS = ("model", "ema", "optimizer", "rng")  # left out of the ``info`` dict
 # The regression network keeps the signature f_theta(y_t, x_up, gamma) of the diffusion model so that both share
 # one U-Net: it is always fed y_t = 0 and this constant gamma (1 = "no noise"), and its output is y itself.
 REGRESSION_GAMMA = 1.0
+
+
+def make_state(*, kind: str, model, schedule, scale: int, ema=None, optimizer=None, step: int = 0, rng=None,
+               train_config: dict | None = None, metrics: dict | None = None) -> dict:
+    """The checkpoint dict of the module docstring from live objects (``model`` a UNet, ``schedule`` a
+    Schedule, ``ema`` a module or None, ``optimizer`` an optimizer or None)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return {"format": FORMAT, "kind": kind, "unet_config": dataclasses.asdict(model.config),
+            "schedule": schedule.to_dict(), "scale": int(scale), "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": int(step),
+            "rng": rng, "train_config": train_config or {}, "metrics": metrics or {}}
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -55,6 +71,9 @@ def save_checkpoint(path, state: dict) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600): give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -84,7 +103,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {e}") from e
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt, or it holds objects other "
+                         f"than tensors and plain data): {e}") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not an sr3_mini checkpoint dict")
     if state.get("format") != FORMAT:
@@ -101,8 +121,7 @@ def unet_config_from_dict(d: dict):
     """UNetConfig from its saved dict; unknown keys raise a ValueError naming them."""
     from sr3_mini.unet import UNetConfig
 
-    fields = {f.name: f for f in dataclasses.fields(UNetConfig)}
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(UNetConfig)})
     if unknown:
         raise ValueError(f"unet_config has keys that UNetConfig does not know: {unknown}")
     return UNetConfig(**d)

@@ -65,7 +65,9 @@ def _read(path) -> np.ndarray:
                 rgba = np.asarray(im.convert("RGBA"), np.float32) / 255
                 a = rgba[..., 3:]
                 return rgba[..., :3] * a + (1 - a)  # alpha over white: a rgb + (1 - a) 1
-            return np.asarray(im.convert("RGB"), np.uint8)
+            return np.array(im.convert("RGB"), np.uint8)  # a writable copy, for torch.from_numpy
+    except FileNotFoundError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from e
 
@@ -129,7 +131,8 @@ def _bundled_crops(root: str) -> np.ndarray:
         if hashlib.sha256(png).hexdigest() != digest:
             raise ValueError(f"{root / 'train' / str(name)} does not match train_crops.npz; "
                              "rerun `python data/make_dataset.py`")
-        images.append(np.asarray(Image.open(root / "train" / str(name)).convert("RGB")))
+        with Image.open(root / "train" / str(name)) as im:
+            images.append(np.asarray(im.convert("RGB")))
     return np.stack([images[i][t:b, l:r].transpose(2, 0, 1) for i, (t, l, b, r) in zip(index, boxes)])
 
 
@@ -161,10 +164,11 @@ class PairDataset(torch.utils.data.Dataset):
     """uint8 HR crops [N, 3, H, W] (a tensor, an array, or a FolderCrops) -> items (x [3, H/s, W/s],
     y_0 [3, H, W]) in [-1, 1], x = downsample(y_0, scale).
 
-    Random horizontal flips (a standard augmentation; the paper does not specify any) are a pure function of
-    (seed, epoch, index), so any worker count, shuffle order or restart gives the same items: to resume, call
-    ``set_epoch(epoch)`` and restore the sampler's generator. Call ``set_epoch`` before iterating a DataLoader
-    (the default ``persistent_workers=False`` copies the dataset, epoch included, for each epoch)."""
+    Random horizontal flips (a standard augmentation for a set this small; ``flip=False`` turns them off)
+    are a pure function of (seed, epoch, index), so any worker count, shuffle order or restart gives the
+    same items: to resume, call ``set_epoch(epoch)`` and restore the sampler's generator. Call ``set_epoch``
+    before iterating a DataLoader (the default ``persistent_workers=False`` copies the dataset, epoch
+    included, for each epoch)."""
 
     def __init__(self, crops, scale: int = 4, flip: bool = True, seed: int = 0):
         crops = torch.as_tensor(getattr(crops, "crops", crops))
@@ -203,14 +207,14 @@ def _crops_of_file(job):
     path, rel, crop, count, seed, min_grad, max_side = job
     try:
         im = _read(path)
-    except ValueError:
+    except (ValueError, OSError):  # OSError: the file vanished since the listing
         return "not_image", None, None, None, 0
     if im.dtype != np.uint8:
         im = (im * 255).round().astype(np.uint8)
     if max_side and max(im.shape[:2]) > max_side:
         s = max_side / max(im.shape[:2])
         size = (max(1, round(im.shape[1] * s)), max(1, round(im.shape[0] * s)))
-        im = np.asarray(Image.fromarray(im).resize(size, Image.LANCZOS))  # Lanczos widens when shrinking: anti-aliased
+        im = np.asarray(Image.fromarray(im).resize(size, Image.LANCZOS))  # widens its kernel: anti-aliased
     if min(im.shape[:2]) < crop:
         return "too_small", None, None, None, 0
     rng = np.random.default_rng([seed, zlib.crc32(rel.encode())])  # per file: adding files keeps the others' crops
@@ -277,7 +281,7 @@ class FolderCrops(torch.utils.data.Dataset):
                                     counts=json.dumps(self.counts), skipped=np.array(self.skipped, dtype=str))
                 os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache
         if not self.counts["images_used"]:
-            raise ValueError(f"no usable image in {folder}: {self.counts}")
+            raise ValueError(f"no usable image in {folder}: {self.counts}; e.g. {', '.join(self.skipped[:3])}")
         if self.skipped:
             warnings.warn(f"FolderCrops({folder}): skipped {len(self.skipped)} of {self.counts['files']} files: "
                           f"{self.counts['not_image']} not readable images, {self.counts['too_small']} smaller "

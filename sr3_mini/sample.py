@@ -8,16 +8,15 @@ Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), sectio
         y_{t-1} = 1/sqrt(alpha_t) (y_t - (1 - alpha_t)/sqrt(1 - gamma_t) f_theta(x, y_t, gamma_t)) + sigma_t z   (10)
     return y_0
 
-with sigma_t^2 = 1 - alpha_t as in the paper, or the posterior variance of (4). The step itself is
-``diffusion.p_sample_step``; this module draws the noise, loops, records a ``Trajectory`` and calls the network.
-Also here: a deterministic DDIM sampler (Song et al. 2021, eta = 0, not in SR3), ``super_resolve`` (raw LR x ->
-bicubic x_up -> sample), a ``cascade`` of x4 stages (section 4 of the paper) and a search over inference schedules.
+with sigma_t^2 = 1 - alpha_t as in the paper, or the posterior variance of (4). The step is
+``diffusion.p_sample_step``; this module draws the noise, loops, records a ``Trajectory``, calls the network.
+Also: deterministic DDIM (Song et al. 2021, eta = 0; not in SR3), ``super_resolve`` (raw LR x -> bicubic x_up ->
+sample), a ``cascade`` of x4 stages (the paper's section 4) and a search over inference schedules.
 
-f_theta is any callable ``f(y_t, x_up, gamma) -> eps`` with y_t, x_up ``[B, 3, H, W]`` (the U-Net concatenates
-them along channels) and gamma ``[B]``. It sees the noise level gamma, not t, so any ``Schedule`` works for
-inference whatever schedule it was trained with. Every random number comes from ``generator`` (drawn on the
-generator's device, then moved), so a seed reproduces a sample exactly.
-Relies on: diffusion, schedule, resize, metrics (for the schedule search).
+f_theta is any callable ``f(y_t, x_up, gamma) -> eps``, y_t and x_up ``[B, 3, H, W]`` (the U-Net concatenates
+them along channels), gamma ``[B]``. It sees gamma, not t, so any ``Schedule`` works for inference. Every random
+number comes from ``generator`` (drawn on its device, then moved): a seed reproduces a sample exactly.
+Relies on: diffusion, schedule, resize, metrics (schedule search).
 """
 from __future__ import annotations
 
@@ -41,12 +40,10 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Trajectory:
-    """Snapshots of one sampling run, noisiest first, for figure grids and widgets (on the CPU, float32).
-
-    ``t[k]`` and ``gamma[k]`` label snapshot k; ``y_t[k]`` is the image entering step t and ``y0_hat[k]`` the
-    prediction (8) of y_0 made at that step (clipped if the sampler clips). The last snapshot is always t = 0,
-    gamma = 1: the output itself (``y_t[-1]`` equals what the sampler returned). Stacks are ``[K, B, 3, H, W]``.
-    """
+    """Snapshots of one sampling run, noisiest first, on the CPU in float32, for figure grids and widgets.
+    Snapshot k: step ``t[k]``, ``gamma[k]``, the image ``y_t[k]`` entering that step and the prediction (8)
+    ``y0_hat[k]`` made there (clipped if the sampler clips). Stacks are ``[K, B, 3, H, W]``. The last snapshot
+    is always t = 0, gamma = 1: the output itself (``y_t[-1]`` equals what the sampler returned)."""
     t: list
     gamma: list
     y_t: torch.Tensor
@@ -66,10 +63,9 @@ class Stage:
 
 
 def default_inference_schedule(steps: int = 100) -> Schedule:
-    """SR3's training schedule (linear beta 1e-6 -> 1e-2, T = 2000) respaced to ``steps`` evenly spaced
-    gammas. Chosen over the fixed linear 1e-4 -> 0.1 inference schedule of the SR3 community code because it
-    ends at the same gamma_T (~4.5e-5, pure noise) for every ``steps``, while the fixed one only reaches
-    pure noise near 100 steps (at 10 steps its gamma_T is 0.6)."""
+    """SR3's training schedule (linear beta 1e-6 -> 1e-2, T = 2000) respaced to ``steps`` gammas. Chosen over
+    the SR3 community's linear 1e-4 -> 0.1 inference schedule because it ends at gamma_T ~ 4.5e-5 (pure noise)
+    for every ``steps``, while that one reaches pure noise only near 100 steps (gamma_T = 0.6 at 10 steps)."""
     return Schedule.linear(2000, 1e-6, 1e-2).respaced(steps)
 
 
@@ -77,17 +73,15 @@ def sample_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: t
                 variance: str = "paper", clip: bool = False, y_T: torch.Tensor | None = None,
                 return_trajectory: bool = False, trajectory_steps=None, every: int | None = None,
                 progress: bool = True, autocast: str | None = None):
-    """Algorithm 2: ancestral sampling of p_theta(y_0 | x), (7) and (10), one ``p_sample_step`` per t = T..1.
+    """Algorithm 2: ancestral sampling of p_theta(y_0 | x), (7) then (10) for t = T..1 (``p_sample_step``).
 
-    x_up: the conditioning image ``[B, 3, H, W]`` (LR already upsampled). Returns y_0 ``[B, 3, H, W]``
-    (not clamped), or ``(y_0, Trajectory)`` with ``return_trajectory``. ``variance``: "paper" (1 - alpha_t)
-    or "posterior" ((4)). ``clip=False`` is the paper's (10). ``clip=True`` is the deviation most
-    implementations make: y^_0 of (8) is clamped to [-1, 1] and y_{t-1} is drawn around the posterior mean (4)
-    at the clamped y^_0 (which equals (9) whenever nothing is clamped). ``y_T`` injects the starting noise.
-    Snapshots are taken at ``trajectory_steps`` (a list of t) or every ``every`` steps (default ~10 of them).
-    """
-    if variance not in ("paper", "posterior"):
-        raise ValueError(f"variance must be 'paper' or 'posterior', got {variance!r}")
+    x_up ``[B, 3, H, W]``: the LR image already upsampled. Returns y_0 ``[B, 3, H, W]`` (not clamped), or
+    ``(y_0, Trajectory)`` with ``return_trajectory``, snapshots at ``trajectory_steps`` (a list of t) or every
+    ``every`` steps (default: ~10). ``variance``: "paper" (1 - alpha_t) or "posterior" ((4)). ``clip=False``
+    is the paper's (10); ``clip=True`` is the deviation most implementations make: y^_0 of (8) is clamped to
+    [-1, 1] and y_{t-1} drawn around the posterior mean (4) at the clamped y^_0 (equal to (9) when nothing is
+    clamped). ``y_T`` injects the starting noise; ``autocast="bf16"`` runs only f_theta under autocast."""
+    _choice(variance, "variance", ("paper", "posterior"))
 
     def step(y_t, eps, t, a, g, g_prev, want_y0):
         z = _randn(y_t.shape, generator, y_t.device) if t > 1 else None   # z = 0 at the last step (t = 1)
@@ -110,12 +104,9 @@ def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: tor
               trajectory_steps=None, every: int | None = None, progress: bool = True,
               autocast: str | None = None):
     """Deterministic DDIM sampling (Song, Meng & Ermon 2021, eta = 0); an extra, not part of SR3.
-
-    Each step predicts y^_0 by (8) and jumps to gamma_{t-1} along the predicted noise:
-    y_{t-1} = sqrt(gamma_{t-1}) y^_0 + sqrt(1 - gamma_{t-1}) eps^, i.e. (5) with eps replaced by f_theta.
-    Only y_T is random (drawn from ``generator`` or given as ``y_T``); from it the output is a deterministic
-    function of x. Arguments and return value as ``sample_loop``.
-    """
+    Each step predicts y^_0 by (8) and jumps to gamma_{t-1} along the predicted noise, (5) with eps = eps^.
+    Only y_T is random (from ``generator``, or given); the rest is a deterministic function of y_T and x.
+    Arguments and return value as ``sample_loop``."""
     def step(y_t, eps, t, a, g, g_prev, want_y0):
         y0_hat = D.predict_y0(y_t, eps, g)                                  # (8)
         if clip:
@@ -133,20 +124,16 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
                   autocast: str | None = None, scale: int = 4, **trajectory_kw):
     """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
 
-    x_up = ``resize.upsample(x, scale)`` conditions the network; then ``sample_loop`` (``sampler="ddpm"``,
-    Algorithm 2) or ``ddim_loop`` (``"ddim"``). ``schedule=None`` uses ``default_inference_schedule(steps)``;
-    a given schedule is used as is (``steps`` then only has to be valid): pass e.g.
-    ``train_schedule.respaced(50)``. ``clip=True`` here (unlike ``sample_loop``): clamping y^_0 keeps a small,
-    briefly trained model from drifting out of range, which is why most SR3 implementations do it; pass
-    ``clip=False`` for the paper's (10). The output is clamped to [-1, 1] (and so is the trajectory's last
-    snapshot). ``autocast="bf16"`` runs only the network under ``torch.autocast``; the equations stay float32.
-    The model runs in eval mode (its mode is restored); x is moved to the model's device and the result back.
-    ``trajectory_kw``: ``trajectory_steps`` / ``every`` / ``y_T``, passed to the loop.
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if sampler not in ("ddpm", "ddim"):
-        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    x_up = ``resize.upsample(x, scale)`` conditions ``sample_loop`` (``sampler="ddpm"``, Algorithm 2) or
+    ``ddim_loop``. ``schedule=None``: ``default_inference_schedule(steps)``; a given schedule is used as is
+    (e.g. ``train_schedule.respaced(50)``). ``clip=True`` here, unlike ``sample_loop``: clamping y^_0 keeps a
+    small, briefly trained model in range, which is why most SR3 implementations do it; ``clip=False`` is the
+    paper's (10). The output (and the trajectory's last snapshot) is clamped to [-1, 1]. The model runs in eval
+    mode (restored after) on its own device; the result comes back on x's. ``trajectory_kw``:
+    ``trajectory_steps``, ``every``, ``y_T``, passed to the loop."""
+    steps = _positive_int(steps, "steps")
+    _choice(sampler, "sampler", ("ddpm", "ddim"))
+    _choice(variance, "variance", ("paper", "posterior"))
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be an LR batch [B, 3, h, w], got {shape}")
@@ -162,15 +149,13 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()   # dropout off: a sample depends only on x and the generator
+    kw = dict(generator=generator, clip=clip, return_trajectory=return_trajectory, progress=progress,
+              autocast=autocast, **trajectory_kw)
     try:
         if sampler == "ddpm":
-            out = sample_loop(model, x_up, schedule, generator=generator, variance=variance, clip=clip,
-                              return_trajectory=return_trajectory, progress=progress, autocast=autocast,
-                              **trajectory_kw)
+            out = sample_loop(model, x_up, schedule, variance=variance, **kw)
         else:
-            out = ddim_loop(model, x_up, schedule, generator=generator, clip=clip,
-                            return_trajectory=return_trajectory, progress=progress, autocast=autocast,
-                            **trajectory_kw)
+            out = ddim_loop(model, x_up, schedule, **kw)
     finally:
         if was_training:
             model.train()
@@ -184,10 +169,9 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
 
 def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, return_all: bool = False,
             **kwargs):
-    """Chain super-resolution stages (the paper's 64 -> 256 -> 1024 cascade, section 4): each stage's
-    output is the next stage's LR input. ``stages``: a sequence of ``Stage``; ``kwargs`` go to every
-    ``super_resolve`` call (variance, clip, sampler, progress, autocast). One generator feeds all stages.
-    Returns the final image, or the list of every stage's output with ``return_all``."""
+    """Chain ``Stage``s (the paper's 64 -> 256 -> 1024 cascade, section 4): each output is the next LR input.
+    ``kwargs`` go to every ``super_resolve`` (variance, clip, sampler, progress, autocast); one generator feeds
+    all stages. Returns the final image, or every stage's output with ``return_all``."""
     stages = list(stages)
     if not stages:
         raise ValueError("a cascade needs at least one stage")
@@ -209,19 +193,15 @@ def schedule_search(model, pairs, steps_list, end_list, metric: str = "psnr",
                     generator: torch.Generator | None = None, *, beta_start: float = 1e-4, make_schedule=None,
                     scale: int = 4, **kwargs) -> list:
     """Quality against the number of steps and the schedule's end point, as the paper tuned its inference
-    schedule (there with FID; here with PSNR, SSIM, consistency and sharpness, which need no extra network).
+    schedule (with FID there; here with PSNR, SSIM, consistency and sharpness, which need no extra network).
 
-    For each ``steps`` in ``steps_list`` and ``end`` in ``end_list`` the schedule is
-    ``make_schedule(steps, end)``, by default ``Schedule.linear(steps, beta_start, end)`` (``end`` = beta_T).
-    ``pairs``: one ``(x, y)`` batch (``[B, 3, h, w]``, ``[B, 3, H, W]``) or an iterable of such pairs (single
-    images ``[3, ., .]`` allowed). Every grid cell starts from the same generator state (common random numbers;
-    seed 0 when no generator is given), so cells differ only by their schedule. ``kwargs`` go to
-    ``super_resolve`` (sampler, variance, clip, autocast; progress defaults to off).
-    Returns one dict per cell, ``{steps, beta_end, gamma_T, psnr, ssim, consistency, sharpness}`` (means over
-    all images), sorted best first by ``metric`` (sharpness: closest to 1; consistency: lowest).
-    """
-    if metric not in _BETTER:
-        raise ValueError(f"metric must be one of {sorted(_BETTER)}, got {metric!r}")
+    Cell (steps, end) samples with ``make_schedule(steps, end)``, by default ``Schedule.linear(steps,
+    beta_start, end)`` (end = beta_T). ``pairs``: one ``(x [B,3,h,w], y [B,3,H,W])`` batch or an iterable of
+    pairs. Every cell starts from the same generator state (seed 0 if none given), so cells differ only by their
+    schedule. ``kwargs`` go to ``super_resolve`` (progress defaults to off). Returns one dict per cell,
+    ``{steps, beta_end, gamma_T, psnr, ssim, consistency, sharpness}`` (means over all images), best first by
+    ``metric`` (sharpness: closest to 1; consistency: lowest)."""
+    _choice(metric, "metric", sorted(_BETTER))
     make_schedule = make_schedule or (lambda steps, end: Schedule.linear(steps, beta_start, end))
     batches = _as_batches(pairs)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -270,8 +250,7 @@ def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, tr
     """The loop shared by both samplers: y_T, then ``step`` for t = T..1, recording snapshots."""
     if not isinstance(x_up, torch.Tensor) or x_up.ndim != 4:
         raise ValueError(f"x_up must be a [B, C, H, W] tensor, got {getattr(x_up, 'shape', type(x_up))}")
-    if autocast is not None and autocast not in _AUTOCAST:
-        raise ValueError(f"autocast must be None or one of {sorted(_AUTOCAST)}, got {autocast!r}")
+    _choice(autocast, "autocast", [None, *_AUTOCAST])
     dtype = torch.float64 if x_up.dtype == torch.float64 else torch.float32   # the equations never run in 16 bit
     x_up = x_up.to(dtype)
     T = schedule.T
@@ -309,8 +288,7 @@ def _f_theta(f_theta, y_t, x_up, gamma_t: float, autocast):
 
 
 def _randn(shape, generator, device):
-    """N(0, I) from ``generator`` on its own device, then moved: a CPU generator gives the same numbers for a
-    CUDA run as for a CPU run."""
+    """N(0, I) from ``generator`` on its own device, then moved: a CPU generator gives a CUDA run the same noise."""
     source = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=source).to(device)
 
@@ -321,14 +299,27 @@ def _record_steps(T: int, trajectory_steps, every) -> set:
         if any(t < 0 or t > T for t in steps):
             raise ValueError(f"trajectory_steps must lie in 0..T = 0..{T}, got {sorted(steps)}")
         return steps
-    every = every or max(1, T // 10)
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    return {t for t in range(T, 0, -every)}
+    every = max(1, T // 10) if every is None else _positive_int(every, "every")
+    return set(range(T, 0, -every))
+
+
+def _choice(v, name: str, choices) -> None:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
+
+
+def _positive_int(v, name: str) -> int:
+    try:
+        ok = not isinstance(v, bool) and int(v) == v and int(v) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def _as_batches(pairs) -> list:
-    if (isinstance(pairs, (tuple, list)) and len(pairs) == 2
-            and all(isinstance(p, torch.Tensor) and p.ndim == 4 for p in pairs)):
-        return [tuple(pairs)]
+    pairs = pairs if isinstance(pairs, (tuple, list)) else list(pairs)
+    if len(pairs) == 2 and all(isinstance(p, torch.Tensor) and p.ndim == 4 for p in pairs):
+        return [tuple(pairs)]                                      # a single (x, y) batch
     return [tuple(p if p.ndim == 4 else p.unsqueeze(0) for p in pair) for pair in pairs]

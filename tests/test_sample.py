@@ -1,0 +1,266 @@
+"""sample.py against the equations: steps equal diffusion.p_sample_step with the same noise; an oracle that
+knows y_0 is recovered; the Bayes-optimal denoiser of Gaussian data reproduces that Gaussian; seeding,
+trajectories, argument checks, cascade shapes and the schedule search."""
+import copy
+import math
+
+import pytest
+import torch
+
+from sr3_mini import diffusion as D
+from sr3_mini.resize import downsample
+from sr3_mini.sample import (Stage, Trajectory, cascade, ddim_loop, default_inference_schedule, plot_schedule_search,
+                             sample_loop, schedule_search, super_resolve)
+from sr3_mini.schedule import Schedule
+
+
+class Oracle:
+    """f(y_t, x_up, gamma) returning the true eps for a known y_0: (5) solved for eps."""
+    multiple = 1
+
+    def __init__(self, y_0):
+        self.y_0 = y_0
+
+    def __call__(self, y_t, x_up, gamma):
+        g = gamma.view(-1, 1, 1, 1).to(y_t.dtype)
+        return (y_t - g.sqrt() * self.y_0.to(y_t)) / (1 - g).sqrt()
+
+
+def toy_f(y_t, x_up, gamma):
+    """An arbitrary smooth eps-predictor that uses all three inputs."""
+    return 0.3 * y_t - 0.2 * x_up + 0.1 * gamma.view(-1, 1, 1, 1)
+
+
+def images(B=2, H=8, W=8, seed=0, amp=0.8):
+    return amp * torch.rand(B, 3, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - amp
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("variance", ["paper", "posterior"])
+def test_each_step_is_p_sample_step_with_the_same_noise(variance):
+    S = Schedule.linear(3, 1e-3, 0.3)
+    x_up = images(seed=1)
+    y, traj = sample_loop(toy_f, x_up, S, generator=gen(7), variance=variance, return_trajectory=True,
+                          every=1, progress=False)
+    g = gen(7)
+    y_t = torch.randn(x_up.shape, generator=g)                            # (7): y_T ~ N(0, I)
+    expected = [y_t]
+    for t in (3, 2, 1):
+        z = torch.randn(x_up.shape, generator=g) if t > 1 else None       # z = 0 at t = 1
+        eps = toy_f(y_t, x_up, torch.full((2,), S.gamma(t).item()))
+        y_t = D.p_sample_step(y_t, eps, S.alpha(t), S.gamma(t), S.gamma(t - 1), z, variance)
+        expected.append(y_t)
+    torch.testing.assert_close(y, y_t, rtol=0, atol=1e-6)
+    assert traj.t == [3, 2, 1, 0]
+    torch.testing.assert_close(traj.y_t, torch.stack(expected), rtol=0, atol=1e-6)
+
+
+def test_clip_equals_paper_step_when_nothing_is_clamped_and_clamps_otherwise():
+    S = default_inference_schedule(20)
+    y_0 = images(amp=0.5)
+    a = sample_loop(Oracle(y_0), y_0, S, generator=gen(3), progress=False)
+    b = sample_loop(Oracle(y_0), y_0, S, generator=gen(3), clip=True, progress=False)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-4)   # posterior mean (4) at y^_0 == (9)
+    wild = lambda y_t, x_up, gamma: -5 * torch.ones_like(y_t)               # noqa: E731
+    _, traj = sample_loop(wild, y_0, S, generator=gen(3), clip=True, return_trajectory=True, progress=False)
+    assert traj.y0_hat[:-1].abs().max() <= 1
+    _, traj = sample_loop(wild, y_0, S, generator=gen(3), clip=False, return_trajectory=True, progress=False)
+    assert traj.y0_hat[:-1].abs().max() > 1
+
+
+@pytest.mark.parametrize("variance", ["paper", "posterior"])
+def test_ddpm_with_oracle_recovers_y0(variance):
+    y_0 = images(B=3, H=12, W=8)
+    for S in (default_inference_schedule(50), Schedule.linear(100, 1e-4, 0.1)):
+        y = sample_loop(Oracle(y_0), torch.zeros_like(y_0), S, generator=gen(1), variance=variance, progress=False)
+        torch.testing.assert_close(y, y_0, rtol=0, atol=1e-4)
+
+
+def test_ddim_with_oracle_recovers_y0_and_is_deterministic():
+    y_0 = images(B=3, H=12, W=8).double()
+    S = default_inference_schedule(25)
+    y_T = torch.randn(y_0.shape, generator=gen(5), dtype=torch.float64)
+    a = ddim_loop(Oracle(y_0), y_0, S, generator=gen(1), y_T=y_T, progress=False)
+    b = ddim_loop(Oracle(y_0), y_0, S, generator=gen(2), y_T=y_T, progress=False)
+    assert a.dtype == torch.float64
+    torch.testing.assert_close(a, y_0, rtol=0, atol=1e-10)
+    a, b = (ddim_loop(toy_f, y_0, S, generator=gen(s), y_T=y_T, progress=False) for s in (1, 2))
+    assert torch.equal(a, b)                      # only y_T is random: the generator is never used after it
+    c = ddim_loop(toy_f, y_0, S, generator=gen(9), progress=False)
+    assert torch.equal(c, ddim_loop(toy_f, y_0, S, generator=gen(9), progress=False))
+
+
+def test_same_seed_same_sample_other_seed_differs():
+    x_up = images(seed=2)
+    S = default_inference_schedule(10)
+    a, b, c = (sample_loop(toy_f, x_up, S, generator=gen(s), progress=False) for s in (4, 4, 5))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # with y_T fixed, DDPM still differs by seed through z_t (unlike DDIM)
+    y_T = torch.randn(x_up.shape, generator=gen(0))
+    d, e = (sample_loop(toy_f, x_up, S, generator=gen(s), y_T=y_T, progress=False) for s in (4, 5))
+    assert not torch.allclose(d, e)
+
+
+@pytest.mark.parametrize("sampler,variance", [("ddpm", "paper"), ("ddpm", "posterior"), ("ddim", None)])
+def test_bayes_optimal_denoiser_of_gaussian_data_reproduces_the_gaussian(sampler, variance):
+    """y_0 ~ N(m, s^2) per pixel: E[eps | y_t] = sqrt(1 - g)(y_t - sqrt(g) m)/(g s^2 + 1 - g) in closed form.
+    Sampling with it must give back mean m and standard deviation s (exactly in the many-step limit)."""
+    m, s = 0.3, 0.5
+
+    def f(y_t, x_up, gamma):
+        g = gamma.view(-1, 1, 1, 1)
+        return (1 - g).sqrt() * (y_t - g.sqrt() * m) / (g * s * s + 1 - g)
+
+    x_up = torch.zeros(8, 3, 16, 16)
+    S = default_inference_schedule(500)
+    if sampler == "ddpm":
+        y = sample_loop(f, x_up, S, generator=gen(0), variance=variance, progress=False)
+    else:
+        y = ddim_loop(f, x_up, S, generator=gen(0), progress=False)
+    assert abs(y.mean().item() - m) < 0.03
+    assert abs(y.std().item() - s) < 0.02
+
+
+def test_trajectory_shapes_and_last_snapshot_is_the_output():
+    y_0 = images(B=2, H=8, W=12)
+    S = default_inference_schedule(30)
+    y, traj = sample_loop(Oracle(y_0), y_0, S, generator=gen(0), return_trajectory=True, progress=False)
+    assert isinstance(traj, Trajectory)
+    assert traj.t[0] == 30 and traj.t[-1] == 0 and traj.t == sorted(traj.t, reverse=True)
+    assert len(traj) == len(traj.gamma) == traj.y_t.shape[0] == traj.y0_hat.shape[0] == 11   # every 3 + t = 0
+    assert traj.y_t.shape[1:] == (2, 3, 8, 12)
+    assert traj.gamma[-1] == 1.0 and abs(traj.gamma[0] - S.gamma(30).item()) < 1e-12
+    assert torch.equal(traj.y_t[-1], y)
+    torch.testing.assert_close(traj.y0_hat[0], y_0, rtol=0, atol=1e-3)     # the oracle's y^_0 is y_0 at any t
+    _, traj = ddim_loop(Oracle(y_0), y_0, S, generator=gen(0), return_trajectory=True, trajectory_steps=[30, 1],
+                        progress=False)
+    assert traj.t == [30, 1, 0]
+    with pytest.raises(ValueError, match="trajectory_steps"):
+        sample_loop(toy_f, y_0, S, return_trajectory=True, trajectory_steps=[31], progress=False)
+
+
+def test_super_resolve_shapes_range_trajectory_and_progress(monkeypatch, capsys):
+    y = images(B=2, H=16, W=24, amp=1.0)
+    x = downsample(y, 4)
+    model = Oracle(y * 1.5)                      # a target out of range: the output must still be clamped
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    out, traj = super_resolve(model, x, steps=5, generator=gen(0), return_trajectory=True, progress=True)
+    assert out.shape == (2, 3, 16, 24) and out.abs().max() <= 1
+    assert torch.equal(traj.y_t[-1], out)
+    assert traj.y_t.shape == (6, 2, 3, 16, 24)
+    assert "SR3" in capsys.readouterr().err      # the progress bar was drawn
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    super_resolve(model, x, steps=5, generator=gen(0), progress=True)
+    assert capsys.readouterr().err == ""
+    torch.testing.assert_close(super_resolve(Oracle(y), x, steps=20, generator=gen(0), progress=False,
+                                             variance="posterior", clip=False), y, rtol=0, atol=1e-4)
+    torch.testing.assert_close(super_resolve(Oracle(y), x, steps=20, sampler="ddim", progress=False), y,
+                               rtol=0, atol=1e-4)
+    s = Schedule.linear(7, 1e-3, 0.5)
+    _, traj = super_resolve(model, x, schedule=s, return_trajectory=True, every=1, progress=False)
+    assert traj.t == list(range(7, -1, -1))     # a given schedule is used as is
+
+
+def test_super_resolve_rejects_bad_arguments():
+    x = torch.zeros(1, 3, 4, 4)
+    model = Oracle(torch.zeros(1, 3, 16, 16))
+    for kwargs, match in [({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"sampler": "ddpx"}, "sampler"),
+                          ({"variance": "fixed"}, "variance"), ({"autocast": "int8"}, "autocast")]:
+        with pytest.raises(ValueError, match=match):
+            super_resolve(model, x, progress=False, **kwargs)
+    for bad in (torch.zeros(3, 4, 4), torch.zeros(1, 1, 4, 4)):
+        with pytest.raises(ValueError, match=r"\[B, 3, h, w\]"):
+            super_resolve(model, bad, progress=False)
+    model.multiple = 32
+    with pytest.raises(ValueError, match="multiple=32"):
+        super_resolve(model, x, progress=False)
+
+
+class Conv(torch.nn.Module):
+    """A small network with dropout, to check eval mode, autocast and device handling."""
+    multiple = 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(6, 3, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, y_t, x_up, gamma):
+        return self.drop(self.conv(torch.cat([x_up, y_t], 1))) * gamma.view(-1, 1, 1, 1).to(y_t.dtype)
+
+
+def test_eval_mode_is_used_and_restored_and_bf16_autocast_runs_the_network_only():
+    torch.manual_seed(0)
+    model = Conv().train()
+    x = images(B=1, H=4, W=4)
+    a = super_resolve(model, x, steps=4, generator=gen(0), progress=False)
+    b = super_resolve(model, x, steps=4, generator=gen(0), progress=False)
+    assert torch.equal(a, b) and model.training
+    c = super_resolve(model, x, steps=4, generator=gen(0), progress=False, autocast="bf16")
+    assert c.dtype == torch.float32
+    torch.testing.assert_close(c, a, rtol=0, atol=0.1)
+
+
+def _tiny_model():
+    try:
+        from sr3_mini.unet import UNet
+    except ImportError:
+        return Conv().eval()
+    return UNet.from_preset("tiny").eval()
+
+
+def test_cascade_shapes():
+    torch.manual_seed(0)
+    model = _tiny_model()
+    m = model.multiple
+    h = max(2, m // 4)
+    x = images(B=1, H=h, W=h, amp=1.0)
+    stages = [Stage(model, steps=1), Stage(model, schedule=Schedule.linear(1, 1e-3, 0.5))]  # 2 -> 8 -> 32
+    outs = cascade(stages, x, generator=gen(0), return_all=True, progress=False)
+    assert [o.shape for o in outs] == [(1, 3, 4 * h, 4 * h), (1, 3, 16 * h, 16 * h)]
+    assert all(o.abs().max() <= 1 for o in outs)
+    with pytest.raises(ValueError, match="stage"):
+        cascade([], x)
+
+
+def test_schedule_search_rows_and_png(tmp_path):
+    y = images(B=2, H=16, W=16, amp=0.9)
+    pairs = [(downsample(y[i], 4), y[i]) for i in range(2)]
+    rows = schedule_search(Oracle(y[:1]), pairs[:1], [2, 4], [0.1, 0.5], generator=gen(0))
+    assert len(rows) == 4
+    assert set(rows[0]) == {"steps", "beta_end", "gamma_T", "psnr", "ssim", "consistency", "sharpness"}
+    assert rows[0]["psnr"] == max(r["psnr"] for r in rows)
+    assert all(math.isfinite(r["ssim"]) and 0 < r["gamma_T"] < 1 for r in rows)
+    again = schedule_search(Oracle(y[:1]), pairs[:1], [2, 4], [0.1, 0.5], metric="consistency", generator=gen(0))
+    assert sorted(map(str, rows)) == sorted(map(str, again))   # same noise in every call and cell
+    assert again[0]["consistency"] == min(r["consistency"] for r in rows)
+    path = plot_schedule_search(rows, tmp_path / "search.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="metric"):
+        schedule_search(Oracle(y), (downsample(y, 4), y), [2], [0.1], metric="fid")
+
+
+@pytest.mark.cuda
+def test_cuda_run_matches_cpu_with_a_cpu_generator_and_bf16_autocast_runs(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)     # compare like with like
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = _tiny_model()
+    x = images(B=2, H=4, W=4, amp=1.0)
+    cpu = super_resolve(model, x, steps=8, generator=gen(0), progress=False)
+    model_cuda = copy.deepcopy(model).cuda()
+    gpu = super_resolve(model_cuda, x, steps=8, generator=gen(0), progress=False)
+    assert gpu.device == x.device                                # moved to the model's device and back
+    torch.testing.assert_close(gpu, cpu, rtol=0, atol=1e-4)      # the same noise, from the same CPU generator
+    g_cuda = torch.Generator("cuda").manual_seed(0)
+    bf, traj = super_resolve(model_cuda, x.cuda(), steps=8, generator=g_cuda, autocast="bf16", progress=False,
+                             return_trajectory=True)
+    assert bf.is_cuda and bf.dtype == torch.float32 and bf.abs().max() <= 1
+    assert traj.y_t.device.type == "cpu" and torch.equal(traj.y_t[-1], bf.cpu())
+    y_0 = images(B=2, H=16, W=16).cuda()
+    y = ddim_loop(Oracle(y_0), y_0, default_inference_schedule(20), generator=g_cuda, progress=False)
+    torch.testing.assert_close(y, y_0, rtol=0, atol=1e-4)

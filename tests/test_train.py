@@ -1,0 +1,215 @@
+"""The trainer (Algorithm 1): warm-up, EMA, batches, exact resume, non-finite stop, regression baseline,
+validation, time budget, command line, and DDP on two CPU processes. All on the tiny U-Net at 16x16."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sr3_mini import checkpoint as C
+from sr3_mini import diffusion
+from sr3_mini.schedule import Schedule
+from sr3_mini.train import (NonFiniteLossError, TrainConfig, _load_data, ema_decay_at, ema_update, lr_at, main,
+                            plot_log, sample_batch, train)
+from sr3_mini.unet import UNet
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("ddp_worker", Path(__file__).with_name("ddp_worker.py"))
+ddp_worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ddp_worker)
+POOL = ddp_worker.make_pool()                                          # uint8 [24, 3, 24, 24]
+VAL = POOL[:2, :, :16, :16].clone()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine is shared: one thread is as fast here and kinder to the neighbours."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(tmp_path, name="run", **kw) -> TrainConfig:
+    base = dict(preset="tiny", crop=16, batch_size=2, steps=4, warmup_steps=2, val_every=0, log_every=1,
+                save_every=2, progress=False, device="cpu", out_dir=str(tmp_path / name))
+    return TrainConfig(**{**base, **kw})
+
+
+def log(cfg) -> list:
+    return [json.loads(line) for line in (Path(cfg.out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def test_linear_warmup_then_constant():
+    cfg = TrainConfig()                                        # the paper's 1e-4 after 10k warm-up steps
+    assert lr_at(1, cfg) == pytest.approx(1e-8)
+    assert lr_at(5000, cfg) == pytest.approx(5e-5)
+    assert lr_at(10_000, cfg) == lr_at(10_001, cfg) == lr_at(1_000_000, cfg) == 1e-4
+    short = TrainConfig(lr=2e-4, warmup_steps=4)
+    assert [lr_at(k, short) for k in range(1, 7)] == pytest.approx([5e-5, 1e-4, 1.5e-4, 2e-4, 2e-4, 2e-4])
+    assert lr_at(1, TrainConfig(warmup_steps=0)) == 1e-4
+
+
+def test_ema_update_math():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model(torch.randn(8, 3))                                   # moves the BatchNorm buffers
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    ema_update(ema, model, 0.9)
+    for (k, p), (_, q) in zip(model.named_parameters(), ema.named_parameters()):
+        torch.testing.assert_close(q, 0.9 * before[k] + 0.1 * p)   # theta_ema <- d theta_ema + (1 - d) theta
+    for (k, b), (_, c) in zip(model.named_buffers(), ema.named_buffers()):
+        assert torch.equal(b, c), k
+    cfg = TrainConfig()
+    assert ema_decay_at(0, cfg) == pytest.approx(0.1) and ema_decay_at(90, cfg) == pytest.approx(0.91)
+    assert ema_decay_at(10**6, cfg) == 0.9999 == ema_decay_at(5, TrainConfig(ema_warmup=False))
+
+
+def test_sample_batch_draws_crops_flips_gamma_and_noise_from_the_generator():
+    cfg, schedule = TrainConfig(crop=16), Schedule.linear()
+    y_0, gamma, eps = sample_batch(POOL, 6, cfg, schedule, torch.Generator().manual_seed(1))
+    again = sample_batch(POOL, 6, cfg, schedule, torch.Generator().manual_seed(1))
+    assert all(torch.equal(a, b) for a, b in zip((y_0, gamma, eps), again))
+    assert y_0.shape == eps.shape == (6, 3, 16, 16) and gamma.shape == (6,) and gamma.dtype == torch.float64
+    assert ((gamma > 0) & (gamma <= 1)).all()
+    windows = POOL.float().unfold(2, 16, 1).unfold(3, 16, 1)          # every 16x16 window: [24, 3, 9, 9, 16, 16]
+    windows = windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 16, 16) / 127.5 - 1
+    flips = 0
+    for y in y_0:
+        plain = (windows == y).flatten(1).all(1).any()
+        flipped = (windows == y.flip(-1)).flatten(1).all(1).any()
+        assert plain or flipped                                      # a crop of the pool, possibly mirrored
+        flips += int(flipped and not plain)
+    assert 0 < flips < 6
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    kw = dict(unet={"dropout": 0.1}, lr=1e-3)                  # dropout: the global RNG is restored too
+    train(config(tmp_path, "straight", **kw), pool=POOL)
+    train(config(tmp_path, "split", steps=2, **kw), pool=POOL)
+    resumed = train(config(tmp_path, "split", resume="auto", **kw), pool=POOL)
+    assert resumed["step"] == 4
+    a, b = C.load_checkpoint(tmp_path / "straight" / "last.pt"), C.load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for i, state in a["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state[name], b["optimizer"]["state"][i][name])
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+    assert [r["loss"] for r in log(config(tmp_path, "straight"))] == [r["loss"] for r in log(config(tmp_path, "split"))]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real, calls = diffusion.loss, []
+
+    def poisoned(eps_pred, eps, p=1):
+        calls.append(1)
+        value = real(eps_pred, eps, p)
+        return value * float("nan") if len(calls) == 3 else value
+    monkeypatch.setattr(diffusion, "loss", poisoned)
+    cfg = config(tmp_path, steps=6, log_every=5)               # checked only at the save of step 4: no host sync
+    with pytest.raises(NonFiniteLossError, match="step 3") as info:
+        train(cfg, pool=POOL)
+    assert info.value.step == 3 and isinstance(info.value, ValueError)
+    state = C.load_checkpoint(Path(cfg.out_dir) / "last.pt")
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for key in ("model", "ema") for v in state[key].values())
+
+
+def test_regression_baseline_trains_validates_and_saves(tmp_path, monkeypatch):
+    monkeypatch.setattr(diffusion, "q_sample", None)           # the regression path never noises y_0
+    cfg = config(tmp_path, kind="regression", steps=2, val_every=2)
+    result = train(cfg, pool=POOL, val=VAL)
+    model, info = C.load_model(Path(cfg.out_dir) / "last.pt")
+    assert info["kind"] == "regression" and info["step"] == 2 and info["metrics"] == result["metrics"]
+    assert set(result["metrics"]) == {"val_psnr", "val_psnr_bicubic", "val_consistency"}
+    assert (Path(cfg.out_dir) / "val_0000002.png").exists()
+    assert C.regression_predict(model, torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+
+
+def test_sr3_validation_time_budget_and_loss_plot(tmp_path):
+    cfg = config(tmp_path, steps=100, val_every=1000, val_steps=2, minutes=1e-9)   # out of time after step 1
+    result = train(cfg, pool=POOL, val=VAL)
+    assert result["stopped"] == "time" and result["step"] == 1
+    assert C.load_checkpoint(Path(cfg.out_dir) / "last.pt")["step"] == 1
+    records = log(cfg)
+    assert records[0]["step"] == 1 and math.isfinite(records[0]["loss"]) and records[0]["lr"] == 5e-5
+    assert math.isfinite(records[1]["val_psnr"]) and (Path(cfg.out_dir) / "val_0000001.png").exists()
+    assert plot_log(Path(cfg.out_dir) / "log.jsonl", tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_runs_are_never_overwritten_nor_resumed_with_another_model(tmp_path):
+    train(config(tmp_path, steps=1), pool=POOL)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config(tmp_path, steps=2), pool=POOL)
+    with pytest.raises(ValueError, match="kind"):
+        train(config(tmp_path, steps=2, kind="regression", resume="auto"), pool=POOL)
+    assert train(config(tmp_path, steps=1, resume="auto"), pool=POOL)["step"] == 1   # already done: no-op
+
+
+def test_command_line_on_the_bundled_data_with_bf16_and_channels_last(tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(["--preset", "tiny", "--crop", "16", "--batch-size", "2", "--steps", "1", "--out", str(out),
+                 "--val-every", "0", "--no-progress", "--device", "cpu", "--unet", "dropout=0.1",
+                 "--autocast", "bf16", "--channels-last"])
+    assert code == 0 and "stopped at step 1" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["unet"] == {"dropout": 0.1} and saved["autocast"] == "bf16" and saved["batch_size"] == 2
+    assert (out / "loss.png").exists() and C.load_checkpoint(out / "last.pt")["unet_config"]["dropout"] == 0.1
+
+
+def test_a_folder_of_photos_holds_whole_photos_out_for_validation(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(POOL[i].permute(1, 2, 0).numpy()).resize((40, 40)).save(folder / f"{i}.png")
+    cfg = config(tmp_path, data=str(folder), val_size=1, steps=1, val_every=1, kind="regression")
+    pool, val = _load_data(cfg)
+    assert val.shape == (1, 3, 16, 16) and pool.shape[1:] == (3, 16, 16) and len(pool) > 0
+    from sr3_mini.data import FolderCrops
+    index = FolderCrops(folder, crop=16, cache_dir=tmp_path / "run" / "crop_cache").image_index
+    assert len(pool) == (index >= 1).sum()                                        # photo 0's crops left out
+    assert train(cfg)["metrics"]["val_psnr"] > 0
+
+
+def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("ddp_worker.py")), str(out)]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)           # the ranks hold identical weights
+    assert C.load_checkpoint(out / "last.pt")["step"] == 3 and len(log(ddp_worker.ddp_config(str(out), 2))) == 3
+    single = train(ddp_worker.ddp_config(str(tmp_path / "single"), batch_size=4), pool=POOL)["model"].state_dict()
+    for k in rank0:
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+    saved = C.load_checkpoint(out / "last.pt")["model"]                   # rank 0 wrote the checkpoint
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+    torch.manual_seed(0)
+    initial = UNet.from_preset("tiny").state_dict()                       # and training did move the weights
+    assert not torch.equal(initial["conv_in.weight"], rank0["conv_in.weight"])
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_channels_last_run_validates_saves_and_resumes(tmp_path):
+    kw = dict(device="cuda", autocast="bf16", channels_last=True, val_every=2, val_steps=3, steps=2)
+    first = train(config(tmp_path, **kw), pool=POOL, val=VAL)
+    assert first["metrics"]["val_psnr"] > 0 and next(first["ema"].parameters()).is_cuda
+    again = train(config(tmp_path, **{**kw, "steps": 3, "resume": "auto"}), pool=POOL, val=VAL)
+    assert again["step"] == 3
+    state = C.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["rng"]["device_type"] == "cuda" and state["step"] == 3
+    model, _ = C.load_model(tmp_path / "run" / "last.pt", device="cuda")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
