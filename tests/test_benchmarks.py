@@ -76,3 +76,38 @@ def test_quick_run_on_tiny_prints_a_table_and_keeps_the_other_section(tmp_path, 
     run.update_results(results, "cpu", "new cpu section\n")
     md = results.read_text()
     assert md.count("<!-- BEGIN cpu -->") == 1 and "new cpu section" in md and "the GPU table" in md
+
+
+def test_quality_quick_scores_each_setting_and_writes_its_own_section(tmp_path, capsys):
+    """benchmarks/quality.py: every setting is sampled and scored, the reference first, in a RESULTS section."""
+    from sr3_mini import Schedule
+    from sr3_mini import checkpoint as C
+
+    spec = importlib.util.spec_from_file_location("sr3_mini_bench_quality", BENCH / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    torch.manual_seed(0)
+    model = UNet.from_preset("tiny", head="v")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    ckpt = C.save_checkpoint(tmp_path / "tiny.pt", C.make_state(
+        kind="sr3", model=model, ema=model, optimizer=None, schedule=Schedule.linear(), scale=4, step=7,
+        rng=None, train_config={}))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# header\n\n<!-- BEGIN cpu -->\nthe CPU table\n<!-- END cpu -->\n")
+    threads = torch.get_num_threads()
+    try:
+        rows = quality.main(["--device", "cpu", "--checkpoint", str(ckpt), "--size", "16", "--quick",
+                             "--threads", "1", "--results", str(results)])
+    finally:
+        torch.set_num_threads(threads)
+    labels = [r[0] for r in rows]
+    assert labels[0].startswith("DDPM, 100 steps") and any(lb.startswith("DDIM") for lb in labels)
+    assert any("searched schedule" in lb for lb in labels)
+    for _, steps, seconds, m in rows:
+        assert steps in (25, 100) and seconds > 0 and set(m) == {"psnr", "ssim", "consistency", "sharpness"}
+        assert all(v == v and abs(v) < float("inf") for v in m.values())   # finite, not NaN
+    md = results.read_text()
+    assert "<!-- BEGIN quality_cpu -->" in md and "the CPU table" in md and "| 1.00x |" in md
+    with pytest.raises(ValueError, match="larger than a held-out photo"):
+        quality.held_out(1024)

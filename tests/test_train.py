@@ -26,13 +26,7 @@ POOL = ddp_worker.make_pool()                                          # uint8 [
 VAL = POOL[:2, :, :16, :16].clone()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one thread is as fast here and kinder to the neighbours."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def config(tmp_path, name="run", **kw) -> TrainConfig:
@@ -143,7 +137,14 @@ def test_sr3_validation_time_budget_and_loss_plot(tmp_path):
     records = log(cfg)
     assert records[0]["step"] == 1 and math.isfinite(records[0]["loss"]) and records[0]["lr"] == 5e-5
     assert math.isfinite(records[1]["val_psnr"]) and (Path(cfg.out_dir) / "val_0000001.png").exists()
-    assert plot_log(Path(cfg.out_dir) / "log.jsonl", tmp_path / "loss.png").stat().st_size > 1000
+    import matplotlib
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")        # a notebook's inline backend, say: plotting a log must leave it alone
+    try:
+        assert plot_log(Path(cfg.out_dir) / "log.jsonl", tmp_path / "loss.png").stat().st_size > 1000
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
 
 
 def test_runs_are_never_overwritten_nor_resumed_with_another_model(tmp_path):

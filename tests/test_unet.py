@@ -17,13 +17,7 @@ from sr3_mini.blocks import Attention, ResBlock, gamma_embedding
 from sr3_mini.resize import upsample
 from sr3_mini.unet import PRESETS, UNet, UNetConfig, upsample_x
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread is faster than two, and immune to a busy machine's other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TABLE_1 = {"sr3_16_128": 550e6, "sr3_64_256": 625e6, "sr3_64_512": 625e6, "sr3_256_1024": 150e6}
@@ -198,6 +192,31 @@ def test_bad_sizes_raise_value_error():
         model(y_t, x_up[..., :8], gamma)
     with pytest.raises(ValueError, match="sr3_16_128"):
         UNet.from_preset("sr3_16_256")
+
+
+def test_head_v_turns_the_network_output_into_eps_hat():
+    """head="v" (a named deviation): eps_hat = sqrt(1 - gamma) y_t + sqrt(gamma) F, F the same layers' output."""
+    eps_model, v_model = tiny(), tiny(head="v")
+    v_model.load_state_dict(eps_model.state_dict())         # no extra parameter: the same weights load
+    y_t, x_up, gamma = inputs()
+    gamma = torch.tensor([2e-5, 0.7])
+    F = eps_model(y_t, x_up, gamma)
+    g = gamma[:, None, None, None]
+    torch.testing.assert_close(v_model(y_t, x_up, gamma), (1 - g).sqrt() * y_t + g.sqrt() * F)
+    # then (8) gives y0_hat = sqrt(gamma) y_t - sqrt(1 - gamma) F: at high noise F itself estimates -y_0
+    y0_hat = (y_t - (1 - g).sqrt() * v_model(y_t, x_up, gamma)) / g.sqrt()
+    torch.testing.assert_close(y0_hat, g.sqrt() * y_t - (1 - g).sqrt() * F, rtol=1e-4, atol=1e-4)
+    # the regression baseline's call (y_t = 0, gamma = 1) sees F unchanged
+    zero = torch.zeros_like(y_t)
+    torch.testing.assert_close(v_model(zero, x_up, 1.0), eps_model(zero, x_up, 1.0))
+
+
+def test_head_defaults_to_the_paper_and_rejects_unknown_values():
+    assert UNetConfig().head == "eps" and all("head" not in p for p in PRESETS.values())
+    with pytest.raises(ValueError, match="head must be"):
+        UNetConfig(head="x0")
+    from sr3_mini.checkpoint import unet_config_from_dict
+    assert unet_config_from_dict(dataclasses.asdict(UNetConfig(head="v"))).head == "v"
 
 
 def test_attention_sits_at_16x16_and_in_the_middle():
