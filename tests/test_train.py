@@ -167,6 +167,19 @@ def test_command_line_on_the_bundled_data_with_bf16_and_channels_last(tmp_path, 
     assert (out / "loss.png").exists() and C.load_checkpoint(out / "last.pt")["unet_config"]["dropout"] == 0.1
 
 
+def test_init_from_an_eps_run_into_a_v_head_run(tmp_path):
+    """The bundled model's two stages: --init copies weights (not step, optimiser or head) into a new run."""
+    train(config(tmp_path, "eps", steps=2), pool=POOL)
+    cfg = config(tmp_path, "v", steps=2, unet={"head": "v"}, init=str(tmp_path / "eps" / "last.pt"))
+    result = train(cfg, pool=POOL)
+    state = C.load_checkpoint(Path(cfg.out_dir) / "last.pt")
+    assert result["step"] == 2 and state["unet_config"]["head"] == "v" and state["train_config"]["init"] == cfg.init
+    model, _ = C.load_model(Path(cfg.out_dir) / "last.pt")
+    assert model.config.head == "v"
+    with pytest.raises(ValueError, match="differ"):           # a run cannot change its head on --resume
+        train(config(tmp_path, "v", steps=3, resume="auto"), pool=POOL)
+
+
 def test_a_folder_of_photos_holds_whole_photos_out_for_validation(tmp_path):
     from PIL import Image
     folder = tmp_path / "photos"
