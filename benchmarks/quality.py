@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import sr3_mini  # noqa: E402
-from run import machine, update_results  # noqa: E402  (benchmarks/run.py)
+from run import machine, setup, update_results  # noqa: E402  (benchmarks/run.py)
 from sr3_mini import Schedule  # noqa: E402
 from sr3_mini.checkpoint import load_model  # noqa: E402
 from sr3_mini.data import bundled_eval_images, bundled_train_crops, from_uint8, make_pair  # noqa: E402
@@ -146,11 +146,7 @@ def table(results: list, args, n_images: int, note: str) -> str:
 
 def main(argv=None) -> list:
     args = parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA GPU here")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    setup(args, argv)
     if args.checkpoint:
         model, info = load_model(args.checkpoint, device=args.device)
         train = Schedule.from_dict(info["schedule"]) if "schedule" in info else sr3_mini.load_pretrained()[1]

@@ -437,13 +437,18 @@ def update_results(path: Path, device: str, text: str) -> str:
     return new
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def setup(args, argv) -> None:
+    """What every benchmark does with its arguments: keep the command line, check the device, set threads."""
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU here")
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    setup(args, argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
