@@ -32,7 +32,7 @@ __all__ = ["diffusers_kwargs", "PeerUNet", "build_peer", "num_params"]
 def diffusers_kwargs(config) -> dict:
     """``UNet2DModel(**kwargs)`` arguments matching an sr3_mini ``UNetConfig``."""
     c = config
-    if getattr(c, "head", "eps") != "eps":
+    if c.head != "eps":
         raise ValueError(f"the diffusers peer has the paper's eps head only, not head={c.head!r}")
     levels = len(c.channel_mults)
     attn = [c.image_size // 2**i in c.attn_resolutions for i in range(levels)]  # as UNet picks its levels

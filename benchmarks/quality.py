@@ -32,7 +32,7 @@ from run import machine, setup, update_results  # noqa: E402  (benchmarks/run.py
 from sr3_mini import Schedule  # noqa: E402
 from sr3_mini.checkpoint import load_model  # noqa: E402
 from sr3_mini.data import bundled_eval_images, bundled_train_crops, from_uint8, make_pair  # noqa: E402
-from sr3_mini.metrics import consistency, psnr, sharpness, ssim  # noqa: E402
+from sr3_mini.metrics import scores  # noqa: E402
 from sr3_mini.sample import schedule_search, super_resolve  # noqa: E402
 
 
@@ -78,9 +78,8 @@ def _generator(device: str) -> torch.Generator:
 
 
 def score(y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> dict:
-    y_hat, y, x = y_hat.float().cpu(), y.float().cpu(), x.float().cpu()
-    return {"psnr": psnr(y_hat, y).mean().item(), "ssim": ssim(y_hat, y).mean().item(),
-            "consistency": consistency(x, y_hat).mean().item(), "sharpness": sharpness(y_hat, y).mean().item()}
+    """Means over the images of ``metrics.scores``."""
+    return {k: v.mean().item() for k, v in scores(y_hat.float().cpu(), y.float().cpu(), x.float().cpu()).items()}
 
 
 def run_setting(model, x, y, device, schedule, sampler="ddpm", batch=None, channels_last=False, autocast=None):
@@ -149,7 +148,7 @@ def main(argv=None) -> list:
     setup(args, argv)
     if args.checkpoint:
         model, info = load_model(args.checkpoint, device=args.device)
-        train = Schedule.from_dict(info["schedule"]) if "schedule" in info else sr3_mini.load_pretrained()[1]
+        train = Schedule.from_dict(info["schedule"])      # every checkpoint carries its training schedule
         args.model_name = args.checkpoint
     else:
         model, train, info = sr3_mini.load_pretrained("sr3", device=args.device)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import data, load_pretrained
 from .checkpoint import load_model, regression_predict
-from .metrics import consistency, psnr, sharpness, ssim
+from .metrics import scores
 from .resize import downsample, upsample
 from .sample import super_resolve
 
@@ -204,8 +204,7 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = DE
 
 
 def _score(y_hat, y, x, scale) -> dict:
-    return {"psnr": psnr(y_hat, y).item(), "ssim": ssim(y_hat, y).item(),
-            "consistency": consistency(x, y_hat, scale).item(), "sharpness": sharpness(y_hat, y).item()}
+    return {k: v.item() for k, v in scores(y_hat, y, x, scale).items()}
 
 
 def _table(rows: dict) -> str:

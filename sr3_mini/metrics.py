@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .resize import downsample
 
-__all__ = ["psnr", "ssim", "consistency", "sharpness", "high_frequency_share"]
+__all__ = ["psnr", "ssim", "consistency", "sharpness", "high_frequency_share", "scores"]
 
 
 @torch.no_grad()
@@ -120,6 +120,14 @@ def sharpness(y_hat: torch.Tensor, y_ref: torch.Tensor, cutoff: float = 0.125,
     """
     y_hat, y_ref = _pair(y_hat, y_ref)
     return _reduce(high_frequency_share(y_hat, cutoff) / high_frequency_share(y_ref, cutoff), reduction)
+
+
+def scores(y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, scale: int = 4) -> dict:
+    """The four measures of an output ``y_hat`` against the photo ``y`` and its LR input ``x``, per image:
+    ``{"psnr", "ssim", "consistency", "sharpness"} -> [B]`` tensors (what the CLI, ``schedule_search`` and the
+    benchmarks report)."""
+    return {"psnr": psnr(y_hat, y), "ssim": ssim(y_hat, y), "consistency": consistency(x, y_hat, scale),
+            "sharpness": sharpness(y_hat, y)}
 
 
 def _gaussian_window(sigma: float, device) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion as D
-from .metrics import consistency, psnr, sharpness, ssim
+from .metrics import scores as measure
 from .resize import upsample
 from .schedule import Schedule
 
@@ -216,11 +216,8 @@ def schedule_search(model, pairs, steps_list, end_list, metric: str = "psnr",
             for x, y in batches:
                 y_hat = super_resolve(model, x, schedule=schedule, steps=steps, generator=generator,
                                       scale=scale, **kwargs)
-                y = y.to(y_hat.device)
-                scores["psnr"].append(psnr(y_hat, y))
-                scores["ssim"].append(ssim(y_hat, y))
-                scores["consistency"].append(consistency(x.to(y_hat.device), y_hat, scale))
-                scores["sharpness"].append(sharpness(y_hat, y))
+                for k, v in measure(y_hat, y.to(y_hat.device), x.to(y_hat.device), scale).items():
+                    scores[k].append(v)
             rows.append({"steps": int(steps), "beta_end": float(end), "gamma_T": schedule.gamma(schedule.T).item(),
                          **{k: torch.cat(v).mean().item() for k, v in scores.items()}})
     return sorted(rows, key=_BETTER[metric])
