@@ -1,7 +1,8 @@
 """Rebuild the bundled data sets: `python data/make_dataset.py` (from anywhere; about 10 s).
 
-TRAINING (data/train/*.png + data/train_crops.npz): the 12 nature photos of the Debian package
-mate-backgrounds (`apt-get install mate-backgrounds`; GPL-2+), each shrunk with an anti-aliased Lanczos filter
+TRAINING (data/train/*.png + data/train_crops.npz): 23 photographs from two Debian packages: the 12 nature photos
+of mate-backgrounds and the 11 photographs (not the drawn or rendered artwork) of plasma-workspace-wallpapers
+(`apt-get install mate-backgrounds plasma-workspace-wallpapers`; licences in data/README.md), each shrunk with an anti-aliased Lanczos filter
 so its longer side is LONG_SIDE pixels, then CROPS_PER_IMAGE seeded uniform 64x64 HR crops per photo, keeping
 only crops with sr3_mini.data.detail >= MIN_GRAD. The npz stores the crop boxes, not the pixels: overlapping
 crops stored as pixels would take ~25 MB, the 12 shrunk photos as PNG take ~4 MB; bundled_train_crops() cuts
@@ -36,9 +37,14 @@ from sr3_mini.data import MIN_GRAD, detail, random_crops  # noqa: E402  (the sam
 SEED = 0
 CROP = 64
 LONG_SIDE = 640  # 2560 px wallpapers shrunk 2-4x: at full size a 64 px crop is mostly smooth bokeh
-CROPS_PER_IMAGE = 256  # 12 x 256 = 3072 crops, ~4x overlap of the ~800 disjoint 64 px tiles
+CROPS_PER_IMAGE = 256  # 23 x 256 = 5888 crops, ~4x overlap of the disjoint 64 px tiles of each photo
 EVAL_SIZE = 256  # multiple of 64: x4 -> 64x64 LR input
 TRAIN_SOURCE = Path("/usr/share/backgrounds/mate/nature")
+# KDE Plasma's wallpapers that are photographs (checked by eye; the others are drawn or rendered): each in its
+# 2560x1600 version. Saved as plasma_<Name>.png.
+PLASMA_SOURCE = Path("/usr/share/wallpapers")
+PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                 "Kite", "OneStandsOut", "Path", "summer_1am")
 # name -> (package, path inside the installed package)
 EVAL_SOURCES = {
     "astronaut": ("skimage", "data/astronaut.png"),
@@ -82,13 +88,18 @@ def make_train() -> list[Path]:
     photos = sorted(TRAIN_SOURCE.glob("*.jpg"))
     if len(photos) != 12:
         sys.exit(f"expected the 12 photos of mate-backgrounds in {TRAIN_SOURCE}: apt-get install mate-backgrounds")
+    plasma = [PLASMA_SOURCE / name / "contents" / "images" / "2560x1600.jpg" for name in PLASMA_PHOTOS]
+    if not all(p.exists() for p in plasma):
+        sys.exit(f"expected KDE's photographs in {PLASMA_SOURCE}: apt-get install plasma-workspace-wallpapers")
+    photos += plasma
     (DATA / "train").mkdir(exist_ok=True)
     names, pngs, sources, factors, index, boxes, boxes_original, details = [], [], [], [], [], [], [], []
     for k, photo in enumerate(photos):
         im = rgb(photo)
         factor = LONG_SIDE / max(im.size)
         small = im.resize((round(im.width * factor), round(im.height * factor)), Image.LANCZOS)
-        png = DATA / "train" / f"{photo.stem}.png"
+        stem = f"plasma_{photo.parents[2].name}" if photo.is_relative_to(PLASMA_SOURCE) else photo.stem
+        png = DATA / "train" / f"{stem}.png"
         small.save(png, optimize=True)
         a = np.asarray(Image.open(png).convert("RGB"))
         crops, tops, lefts, rejected = random_crops(a, CROP, CROPS_PER_IMAGE, np.random.default_rng([SEED, k]),
@@ -98,10 +109,10 @@ def make_train() -> list[Path]:
         index.append(np.full(len(crops), k, np.int16)), boxes.append(b)
         boxes_original.append((b / factors[-1]).astype(np.float32))
         details.append(np.array([detail(c.transpose(1, 2, 0)) for c in crops], np.float32))
-        print(f"train {photo.name:18s} {im.width}x{im.height} -> {small.width}x{small.height}: "
+        print(f"train {stem:24s} {im.width}x{im.height} -> {small.width}x{small.height}: "
               f"{len(crops)} crops, {rejected} flat draws rejected")
     params = dict(seed=SEED, crop=CROP, long_side=LONG_SIDE, crops_per_image=CROPS_PER_IMAGE, min_grad=MIN_GRAD,
-                  resize="PIL LANCZOS", pillow=PIL.__version__, source_package="mate-backgrounds 1.26.0-1")
+                  resize="PIL LANCZOS", pillow=PIL.__version__, source_package="mate-backgrounds 1.26.0-1; plasma-workspace-wallpapers 4:5.27.5-2")
     npz = DATA / "train_crops.npz"
     save_npz(npz, images=np.array(names), image_sha256=np.array([sha256(p) for p in pngs]),
              sources=np.array(sources), source_sha256=np.array([sha256(Path(s)) for s in sources]),

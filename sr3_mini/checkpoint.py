@@ -174,9 +174,15 @@ def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
     return save_checkpoint(dst, out)
 
 
-def regression_predict(model: torch.nn.Module, x_up: torch.Tensor) -> torch.Tensor:
+def regression_predict(model: torch.nn.Module, x_up: torch.Tensor, config=None) -> torch.Tensor:
     """The regression baseline's prediction of y from the upsampled input ``x_up`` [B, 3, H, W]: one forward
-    pass with y_t = 0 and gamma = REGRESSION_GAMMA. Returns [B, 3, H, W] (unclamped)."""
+    pass with y_t = 0 and gamma = REGRESSION_GAMMA. Returns [B, 3, H, W] (unclamped). A network with
+    ``config.target == "residual"`` predicts the scaled residual F, and the prediction is x_up + scale * F.
+    ``config``: the network's UNetConfig (default: ``model.config``; pass it when the model is wrapped)."""
     y_t = torch.zeros_like(x_up)
     gamma = torch.full((x_up.shape[0],), REGRESSION_GAMMA, device=x_up.device, dtype=x_up.dtype)
-    return model(y_t, x_up, gamma)
+    out = model(y_t, x_up, gamma)
+    config = config if config is not None else getattr(model, "config", None)
+    if getattr(config, "target", "y") == "residual":
+        return x_up + config.residual_scale * out          # deviation: predict y - x_up, not y (UNetConfig.target)
+    return out

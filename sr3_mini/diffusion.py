@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["q_step", "q_sample", "posterior", "loss", "predict_y0", "p_mean", "p_sample_step"]
+__all__ = ["q_step", "q_sample", "posterior", "loss", "predict_y0", "p_mean", "p_sample_step", "to_residual",
+           "from_residual"]
 
 
 def q_step(y_prev: torch.Tensor, alpha_t, noise: torch.Tensor) -> torch.Tensor:
@@ -160,3 +161,17 @@ def _same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
         raise ValueError(f"{na} and {nb} must be tensors")
     if a.shape != b.shape:
         raise ValueError(f"{na} and {nb} must have the same shape; got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+# Not equations of the paper: the residual target (UNetConfig.target = "residual", a named deviation after SRDiff).
+# The equations above then describe r = (y - x_up) / scale instead of y; these two functions change variables.
+def to_residual(y: torch.Tensor, x_up: torch.Tensor, scale: float) -> torch.Tensor:
+    """r = (y - x_up) / scale: the detail that bicubic upsampling of x misses, scaled to an image's spread."""
+    _same_shape(y, x_up, "y", "x_up")
+    return (y - x_up) / scale
+
+
+def from_residual(r: torch.Tensor, x_up: torch.Tensor, scale: float) -> torch.Tensor:
+    """y = x_up + scale * r, the inverse of ``to_residual``."""
+    _same_shape(r, x_up, "r", "x_up")
+    return x_up + scale * r

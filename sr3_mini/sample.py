@@ -33,6 +33,7 @@ from .resize import upsample
 from .schedule import Schedule
 
 __all__ = ["Trajectory", "Stage", "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve",
+           "residual_scale",
            "cascade", "schedule_search", "plot_schedule_search"]
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,15 +81,16 @@ def sample_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: t
     ``every`` steps (default: ~10). ``variance``: "paper" (1 - alpha_t) or "posterior" ((4)). ``clip=False``
     is the paper's (10); ``clip=True`` is the deviation most implementations make: y^_0 of (8) is clamped to
     [-1, 1] and y_{t-1} drawn around the posterior mean (4) at the clamped y^_0 (equal to (9) when nothing is
-    clamped). ``y_T`` injects the starting noise; ``autocast="bf16"`` runs only f_theta under autocast."""
+    clamped); ``clip=(low, high)`` clamps to those bounds (tensors broadcast against y_t: the residual target's
+    per-pixel data range). ``y_T`` injects the starting noise; ``autocast="bf16"`` runs only f_theta under autocast."""
     _choice(variance, "variance", ("paper", "posterior"))
 
     def step(y_t, eps, t, a, g, g_prev, want_y0):
         z = _randn(y_t.shape, generator, y_t.device) if t > 1 else None   # z = 0 at the last step (t = 1)
-        if not clip:
+        if clip is False:
             y0_hat = D.predict_y0(y_t, eps, g) if want_y0 else None        # (8), for the trajectory only
             return D.p_sample_step(y_t, eps, a, g, g_prev, z, variance), y0_hat  # (10)
-        y0_hat = D.predict_y0(y_t, eps, g).clamp(-1, 1)                   # (8), clamped to the data range
+        y0_hat = _clamp(D.predict_y0(y_t, eps, g), clip)                  # (8), clamped to the data range
         mean, var_post = D.posterior(y0_hat, y_t, a, g, g_prev)             # (4) at the clamped y^_0
         if z is None:
             return mean, y0_hat
@@ -109,8 +111,8 @@ def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: tor
     Arguments and return value as ``sample_loop``."""
     def step(y_t, eps, t, a, g, g_prev, want_y0):
         y0_hat = D.predict_y0(y_t, eps, g)                                  # (8)
-        if clip:
-            y0_hat = y0_hat.clamp(-1, 1)
+        if clip is not False:
+            y0_hat = _clamp(y0_hat, clip)
         # DDIM (eta = 0) = (5) at gamma_{t-1}: y_{t-1} = sqrt(gamma_{t-1}) y^_0 + sqrt(1 - gamma_{t-1}) eps^
         return D.q_sample(y0_hat, g_prev, eps), y0_hat
 
@@ -128,7 +130,9 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     ``ddim_loop``. ``schedule=None``: ``default_inference_schedule(steps)``; a given schedule is used as is
     (e.g. ``train_schedule.respaced(50)``). ``clip=True`` here, unlike ``sample_loop``: clamping y^_0 keeps a
     small, briefly trained model in range, which is why most SR3 implementations do it; ``clip=False`` is the
-    paper's (10). The output (and the trajectory's last snapshot) is clamped to [-1, 1]. The model runs in eval
+    paper's (10). A model with the residual target (``UNetConfig.target``, a deviation) samples r and returns
+    x_up + scale r, with y^_0 clamped so that the image stays in [-1, 1]; its trajectory is shown in image
+    space. The output (and the trajectory's last snapshot) is clamped to [-1, 1]. The model runs in eval
     mode (restored after) on its own device; the result comes back on x's. ``trajectory_kw``:
     ``trajectory_steps``, ``every``, ``y_T``, passed to the loop."""
     steps = _positive_int(steps, "steps")
@@ -151,6 +155,9 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         model.eval()   # dropout off: a sample depends only on x and the generator
     kw = dict(generator=generator, clip=clip, return_trajectory=return_trajectory, progress=progress,
               autocast=autocast, **trajectory_kw)
+    s = residual_scale(model)
+    if s is not None and clip:   # residual target: y^_0 is clamped so that x_up + s y^_0 stays in [-1, 1]
+        kw["clip"] = ((-1 - x_up) / s, (1 - x_up) / s)
     try:
         if sampler == "ddpm":
             out = sample_loop(model, x_up, schedule, variance=variance, **kw)
@@ -160,11 +167,22 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         if was_training:
             model.train()
     y, traj = out if return_trajectory else (out, None)
+    if s is not None:            # residual target: back to an image, y = x_up + s r
+        y = D.from_residual(y, x_up.to(y.dtype), s)
+        if traj is not None:     # the trajectory is shown in image space too: x_up + s y_t, x_up + s y^_0
+            up = x_up.float().cpu()
+            traj.y_t, traj.y0_hat = up + s * traj.y_t, up + s * traj.y0_hat
     y = y.clamp(-1, 1).to(x.device)
     if traj is None:
         return y
     traj.y_t[-1] = traj.y0_hat[-1] = y.detach().float().cpu()
     return y, traj
+
+
+def residual_scale(model) -> float | None:
+    """The network's residual scale when it predicts the residual target (UNetConfig.target), else None."""
+    config = getattr(model, "config", None)
+    return float(config.residual_scale) if getattr(config, "target", "y") == "residual" else None
 
 
 def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, return_all: bool = False,
@@ -298,6 +316,14 @@ def _record_steps(T: int, trajectory_steps, every) -> set:
         return steps
     every = max(1, T // 10) if every is None else _positive_int(every, "every")
     return set(range(T, 0, -every))
+
+
+def _clamp(y0_hat: torch.Tensor, clip) -> torch.Tensor:
+    """y^_0 clamped to [-1, 1] (clip=True) or to per-pixel bounds (clip=(low, high))."""
+    if clip is True:
+        return y0_hat.clamp(-1, 1)
+    low, high = clip
+    return torch.maximum(torch.minimum(y0_hat, high), low)
 
 
 def _choice(v, name: str, choices) -> None:

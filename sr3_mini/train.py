@@ -153,10 +153,14 @@ def sample_batch(pool: torch.Tensor, n: int, cfg: TrainConfig, schedule: Schedul
     return y_0, gamma, eps
 
 
-def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int) -> torch.Tensor:
-    """Loss of one (micro-)batch. sr3: (6) on y~ of (5). regression: MSE of its prediction of y_0."""
+def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int, config=None) -> torch.Tensor:
+    """Loss of one (micro-)batch. sr3: (6) on y~ of (5). regression: MSE of its prediction of y_0.
+    ``config``: the network's UNetConfig (default: ``net.config``; pass it when net is wrapped by DDP)."""
+    config = config if config is not None else getattr(net, "config", None)
     if kind == "regression":
-        return D.loss(regression_predict(net, x_up).float(), y_0, p=2)
+        return D.loss(regression_predict(net, x_up, config).float(), y_0, p=2)
+    if getattr(config, "target", "y") == "residual":           # deviation: diffuse r = (y - x_up) / scale
+        y_0 = D.to_residual(y_0, x_up, config.residual_scale)
     y_t = D.q_sample(y_0, gamma, eps)                          # (5): y~ = sqrt(gamma) y_0 + sqrt(1 - gamma) eps
     eps_hat = net(y_t, x_up, gamma.to(y_0.dtype))              # f_theta(x, y~, gamma); x enters as x_up
     return D.loss(eps_hat.float(), eps, p)                     # (6): || f_theta - eps ||_p^p
@@ -275,7 +279,7 @@ def _train(cfg, pool, val, device, rank, world, t_start):
                 y_0, x_up, eps = (t.contiguous(memory_format=torch.channels_last) for t in (y_0, x_up, eps))
             with ddp.no_sync() if world > 1 and micro < cfg.grad_accum - 1 else contextlib.nullcontext():
                 with amp:
-                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p) / cfg.grad_accum
+                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p, model.config) / cfg.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

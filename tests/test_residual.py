@@ -1,0 +1,105 @@
+"""The residual target (UNetConfig.target = "residual", a named deviation after SRDiff): the trainer diffuses
+r = (y - x_up) / scale, the sampler returns x_up + scale r with y^_0 clamped to the image's range, and the
+regression baseline predicts x_up + scale F. Checked against the variable change done by hand."""
+import pytest
+import torch
+
+from sr3_mini import diffusion as D
+from sr3_mini.checkpoint import regression_predict
+from sr3_mini.resize import downsample, upsample
+from sr3_mini.sample import residual_scale, super_resolve
+from sr3_mini.train import step_loss
+from sr3_mini.unet import UNet, UNetConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+class ResidualOracle(torch.nn.Module):
+    """eps for a known y: (5) solved for eps, in the residual variable r = (y - x_up) / s."""
+    multiple = 1
+
+    def __init__(self, y, s=0.25):
+        super().__init__()
+        self.y, self.config = y, UNetConfig(target="residual", residual_scale=s)
+
+    def forward(self, y_t, x_up, gamma):
+        r = D.to_residual(self.y, x_up, self.config.residual_scale)
+        g = gamma.view(-1, 1, 1, 1).to(y_t.dtype)
+        return (y_t - g.sqrt() * r) / (1 - g).sqrt()
+
+
+def photo(seed=0, H=16):
+    return (torch.rand(2, 3, H, H, generator=gen(seed)) * 1.6 - 0.8)
+
+
+def test_config_validates_and_round_trips_the_variable_change():
+    with pytest.raises(ValueError, match="target"):
+        UNetConfig(target="x")
+    with pytest.raises(ValueError, match="residual_scale"):
+        UNetConfig(target="residual", residual_scale=0)
+    y, x_up = photo(0), photo(1)
+    r = D.to_residual(y, x_up, 0.25)
+    torch.testing.assert_close(r, (y - x_up) * 4)
+    torch.testing.assert_close(D.from_residual(r, x_up, 0.25), y)
+    assert residual_scale(UNet.from_preset("tiny")) is None
+    assert residual_scale(UNet.from_preset("tiny", target="residual", residual_scale=0.5)) == 0.5
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sampler_with_a_residual_oracle_returns_the_photo_and_image_space_trajectory(sampler):
+    y = photo(0)
+    x = downsample(y, 4)
+    out, traj = super_resolve(ResidualOracle(y), x, steps=20, generator=gen(0), sampler=sampler,
+                              variance="posterior", clip=False, progress=False, return_trajectory=True)
+    torch.testing.assert_close(out, y, rtol=0, atol=1e-4)
+    # the trajectory is in image space: its first y^_0 (an oracle's, so exact) is the photo, not the residual
+    torch.testing.assert_close(traj.y0_hat[0], y, rtol=0, atol=1e-4)
+    assert torch.equal(traj.y_t[-1], out)
+
+
+def test_clip_keeps_the_image_not_the_residual_in_range():
+    y = photo(0)
+    x = downsample(y, 4)
+    x_up = upsample(x, 4)
+    target = (y * 3).clamp(-3, 3)                 # far out of range: clipping must bring x_up + s r to [-1, 1]
+    out, traj = super_resolve(ResidualOracle(target), x, steps=5, generator=gen(0), progress=False,
+                              return_trajectory=True, variance="posterior")
+    y0 = traj.y0_hat[:-1]
+    assert y0.min() >= -1 - 1e-5 and y0.max() <= 1 + 1e-5
+    # and it is the image's range, not r's: r itself reaches far beyond [-1, 1] here
+    assert D.to_residual(y0[0], x_up, 0.25).abs().max() > 2
+
+
+def test_training_loss_diffuses_the_scaled_residual_and_regression_adds_x_up():
+    torch.manual_seed(0)
+    net = UNet.from_preset("tiny", target="residual", head="v").eval()
+    y_0 = photo(2, H=net.multiple * 2)
+    x_up = upsample(downsample(y_0, 4), 4)
+    gamma = torch.tensor([0.3, 0.9], dtype=torch.float64)
+    eps = torch.randn(y_0.shape, generator=gen(3))
+    r = (y_0 - x_up) / 0.25
+    y_t = gamma.sqrt().view(-1, 1, 1, 1).float() * r + (1 - gamma).sqrt().view(-1, 1, 1, 1).float() * eps
+    by_hand = (net(y_t, x_up, gamma.float()) - eps).abs().mean()
+    torch.testing.assert_close(step_loss(net, "sr3", y_0, x_up, gamma, eps, p=1), by_hand, rtol=1e-5, atol=1e-6)
+    F = net(torch.zeros_like(x_up), x_up, torch.ones(2))
+    torch.testing.assert_close(regression_predict(net, x_up), x_up + 0.25 * F)
+    paper = UNet.from_preset("tiny").eval()
+    torch.testing.assert_close(regression_predict(paper, x_up), paper(torch.zeros_like(x_up), x_up, torch.ones(2)))
+
+
+def test_v_head_keeps_eps_hat_in_float32_under_autocast():
+    torch.manual_seed(0)
+    net = UNet.from_preset("tiny", head="v").eval()
+    y_t = torch.randn(2, 3, net.multiple, net.multiple, generator=gen(4))
+    gamma = torch.tensor([1e-4, 0.5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eps_hat = net(y_t, y_t, gamma)
+    assert eps_hat.dtype == torch.float32
+    # at gamma = 1e-4, eps_hat = sqrt(1 - gamma) y_t + 0.01 F: y_t comes through at float32 precision, so the
+    # autocast result is within 0.01 x (F's bf16 error) of float32's; a bf16 eps_hat (|y_t| ~ 3) is off by ~1e-2
+    eps_32 = net(y_t, y_t, gamma)
+    assert (eps_hat[0] - eps_32[0]).abs().max() < 1e-3
