@@ -8,6 +8,12 @@ only crops with sr3_mini.data.detail >= MIN_GRAD. The npz stores the crop boxes,
 crops stored as pixels would take ~25 MB, the 12 shrunk photos as PNG take ~4 MB; bundled_train_crops() cuts
 them back out.
 
+OTHER ORIGIN (data/eval_other/*.png): a second held-out set, 16 crops of 128x128 from the 13 photographs of the
+Debian package lomiri-wallpapers-16.04 (Ubuntu's 2018 community wallpaper contest; CC BY 4.0, CC BY-SA 4.0 or
+CC0: see data/README.md), each photo shrunk like the training photos (longer side 640 px) and cropped at seeded
+positions with the training crops' detail rule. Another photographer, camera and subject mix than the training
+set, and never trained on. `apt-get install lomiri-wallpapers-16.04`.
+
 EVALUATION (data/eval/*.png): colour photos of a different origin shipped inside the scikit-image,
 scikit-learn and matplotlib wheels (public domain, CC0 or CC BY 2.0: see data/README.md), centre-cropped to a
 square and shrunk (Lanczos, anti-aliased) to EVAL_SIZE x EVAL_SIZE. Never used for training.
@@ -39,6 +45,15 @@ CROP = 64
 LONG_SIDE = 640  # 2560 px wallpapers shrunk 2-4x: at full size a 64 px crop is mostly smooth bokeh
 CROPS_PER_IMAGE = 256  # 23 x 256 = 5888 crops, ~4x overlap of the disjoint 64 px tiles of each photo
 EVAL_SIZE = 256  # multiple of 64: x4 -> 64x64 LR input
+OTHER_SOURCE = Path("/usr/share/backgrounds")
+# the 13 photographs of lomiri-wallpapers-16.04 (checked by eye; left out: analogpattern, a blurred abstract
+# texture, and umang, a rendered gradient); photo i % 13 gives crop i
+OTHER_PHOTOS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
+                "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
+                "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+                "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt",
+                "sunset_by_Aitzol_Berasategi")
+OTHER_COUNT, OTHER_SIZE = 16, 128
 TRAIN_SOURCE = Path("/usr/share/backgrounds/mate/nature")
 # KDE Plasma's wallpapers that are photographs (checked by eye; the others are drawn or rendered): each in its
 # 2560x1600 version. Saved as plasma_<Name>.png.
@@ -136,8 +151,28 @@ def make_eval() -> list[Path]:
     return out
 
 
+def make_eval_other() -> list[Path]:
+    photos = [OTHER_SOURCE / f"{name}.jpg" for name in OTHER_PHOTOS]
+    if not all(p.exists() for p in photos):
+        sys.exit(f"expected the photos of lomiri-wallpapers-16.04 in {OTHER_SOURCE}: "
+                 "apt-get install lomiri-wallpapers-16.04")
+    (DATA / "eval_other").mkdir(exist_ok=True)
+    out = []
+    for i in range(OTHER_COUNT):
+        photo = photos[i % len(photos)]
+        im = rgb(photo)
+        factor = LONG_SIDE / max(im.size)
+        small = np.asarray(im.resize((round(im.width * factor), round(im.height * factor)), Image.LANCZOS))
+        (crop,), *_ = random_crops(small, OTHER_SIZE, 1, np.random.default_rng([SEED, 1000 + i]), MIN_GRAD)
+        path = DATA / "eval_other" / f"{i:02d}_{photo.stem.split('_by_')[0]}.png"
+        Image.fromarray(crop.transpose(1, 2, 0)).save(path, optimize=True)
+        out.append(path)
+        print(f"other {path.name:24s} from {photo.name} {im.width}x{im.height} sha256 {sha256(photo)[:12]}")
+    return out
+
+
 def main() -> None:
-    files = make_train() + make_eval()
+    files = make_train() + make_eval() + make_eval_other()
     lines = [f"{sha256(p)}  {p.relative_to(DATA).as_posix()}" for p in files]
     (DATA / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     print(f"total {sum(p.stat().st_size for p in files) / 1e6:.2f} MB; wrote data/SHA256SUMS")
