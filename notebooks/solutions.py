@@ -1,0 +1,172 @@
+"""Reference answers to the exercises of notebooks 02-05 and 09, and the answers to their open questions.
+
+Each exercise in a notebook has a blank (``return ...``) and a check cell that calls ``check(name, test, fn)``:
+it prints one line, *right*, *wrong* (with the first line of the reason) or *not attempted yet*. The check cells
+also run the functions below through the same tests, so a notebook run under ``pytest --nbval`` shows that every
+check is passable. Try the exercise before reading on.
+
+Colab: the install cell puts this folder on ``sys.path``, so ``import solutions`` works there too.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["check", "ANSWERS"]
+
+
+class _NotAttempted(Exception):
+    pass
+
+
+def _guard(fn):
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if out is Ellipsis or out is None or (isinstance(out, tuple) and Ellipsis in out):
+            raise _NotAttempted
+        return out
+    wrapped.__name__ = getattr(fn, "__name__", "fn")
+    return wrapped
+
+
+def check(name: str, test, fn) -> bool:
+    """Run ``test(fn)`` (``fn`` guarded: a blank answer is 'not attempted'); print the verdict; return True if right."""
+    try:
+        test(_guard(fn))
+    except _NotAttempted:
+        print(f"{name}: not attempted yet (fill in the blank and run this cell again)")
+        return False
+    except Exception as e:  # an AssertionError from a check, or an error inside the answer
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        print(f"{name}: wrong. {type(e).__name__}: {reason}")
+        return False
+    print(f"{name}: right")
+    return True
+
+
+# ---- notebook 02: the posterior ------------------------------------------------------------------------------
+def my_posterior_precision(alpha_t, gamma_prev):
+    # 1/sigma^2 = precision of the likelihood in y_{t-1} (alpha_t / (1 - alpha_t)) + precision of the prior (3)
+    return alpha_t / (1 - alpha_t) + 1 / (1 - gamma_prev)
+
+
+def my_weights(alpha_t, gamma_t, gamma_prev):
+    c_0 = gamma_prev**0.5 * (1 - alpha_t) / (1 - gamma_t)
+    c_t = alpha_t**0.5 * (1 - gamma_prev) / (1 - gamma_t)
+    return c_0, c_t
+
+
+def my_mu_from_eps(y_t, eps, alpha_t, gamma_t, gamma_prev):
+    y0_hat = (y_t - (1 - gamma_t) ** 0.5 * eps) / gamma_t**0.5  # (8)
+    c_0, c_t = my_weights(alpha_t, gamma_t, gamma_prev)
+    return c_0 * y0_hat + c_t * y_t
+
+
+# ---- notebook 03: the training objective ---------------------------------------------------------------------
+def my_sample_gamma(schedule, n, generator):
+    t = torch.randint(1, schedule.T + 1, (n,), generator=generator)           # t ~ U{1..T}
+    u = torch.rand(n, generator=generator, dtype=torch.float64)               # then uniform in the interval
+    return schedule.gamma(t) + u * (schedule.gamma(t - 1) - schedule.gamma(t))
+
+
+def my_loss(eps_pred, eps, p):
+    return ((eps_pred - eps).abs() ** p).mean()
+
+
+def my_adam(theta, grads, lr):
+    m, v, theta = torch.zeros_like(theta), torch.zeros_like(theta), theta.clone()
+    for k, g in enumerate(grads, start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        theta = theta - lr * (m / (1 - 0.9**k)) / ((v / (1 - 0.999**k)).sqrt() + 1e-8)
+    return theta
+
+
+def my_elbo_weight(alpha_t, gamma_t, gamma_prev):
+    # KL(N(mu_q, s2) || N(mu_p, s2)) = (mu_q - mu_p)^2 / (2 s2), mu_q - mu_p = c_0 (y_0 - y0_hat),
+    # y_0 - y0_hat = sqrt((1 - gamma_t) / gamma_t) (eps_hat - eps)
+    sigma2 = (1 - gamma_prev) * (1 - alpha_t) / (1 - gamma_t)
+    c_0 = gamma_prev**0.5 * (1 - alpha_t) / (1 - gamma_t)
+    return c_0**2 * (1 - gamma_t) / (2 * sigma2 * gamma_t)
+
+
+def my_eps_star(y_t, gamma, m, s2):
+    # (eps, y_t) jointly Gaussian: Cov(eps, y_t) = sqrt(1 - gamma), Var(y_t) = gamma s2 + 1 - gamma
+    return (1 - gamma) ** 0.5 * (y_t - gamma**0.5 * m) / (gamma * s2 + 1 - gamma)
+
+
+def warmup_first_step(w0: float, lr: float = 1e-4 / 10_000) -> float:
+    """How far a float32 weight of value ``w0`` actually moves under one step of size ``lr`` (Adam's first step is
+    lr * sign(g)): the answer to notebook 03's exercise 3."""
+    w = torch.tensor(w0, dtype=torch.float32)
+    return (w - lr).item() - w.item()
+
+
+# ---- notebook 04: the reverse process ------------------------------------------------------------------------
+def my_predict_y0(y_t, eps, gamma_t):
+    return (y_t - (1 - gamma_t) ** 0.5 * eps) / gamma_t**0.5
+
+
+def my_p_mean(y_t, eps, alpha_t, gamma_t):
+    return (y_t - (1 - alpha_t) / (1 - gamma_t) ** 0.5 * eps) / alpha_t**0.5
+
+
+def my_variance_ratio(schedule):
+    return (1 - schedule.gammas[:-1]) / (1 - schedule.gammas[1:])
+
+
+def my_tweedie_y0(y_t, score, gamma_t):
+    # Tweedie: E[y_0 | y_t] = (y_t + (1 - gamma_t) grad log q(y_t)) / sqrt(gamma_t)
+    return (y_t + (1 - gamma_t) * score) / gamma_t**0.5
+
+
+def my_ddim_step(y_t, y0_hat, gamma_t, gamma_prev, sigma=0.0, z=None):
+    # the mean of q_sigma(y_{t-1} | y_t, y_0) at y_0 = y0_hat, plus sigma z
+    eps = (y_t - gamma_t**0.5 * y0_hat) / (1 - gamma_t) ** 0.5
+    out = gamma_prev**0.5 * y0_hat + (1 - gamma_prev - sigma**2) ** 0.5 * eps
+    return out if z is None else out + sigma * z
+
+
+# ---- notebook 05: the U-Net ----------------------------------------------------------------------------------
+def my_v_weight(gamma):
+    # eps_hat - eps = sqrt(gamma) (F - v): an L_p loss on eps weights |F - v|^p by gamma^(p/2); p = 1: sqrt(gamma)
+    return gamma**0.5
+
+
+# ---- notebook 09: the fool rate ------------------------------------------------------------------------------
+def my_wilson(k, n, z=1.959963984540054):
+    f = k / n
+    c, h = f + z**2 / (2 * n), z * math.sqrt(f * (1 - f) / n + z**2 / (4 * n**2))
+    return max(0.0, (c - h) / (1 + z**2 / n)), min(1.0, (c + h) / (1 + z**2 / n))
+
+
+def my_trials_needed(half_width, z=1.959963984540054):
+    # z / (2 sqrt(n + z^2)) <= h  <=>  n >= z^2 / (4 h^2) - z^2
+    return max(1, math.ceil(z**2 / (4 * half_width**2) - z**2))
+
+
+# ---- the open questions --------------------------------------------------------------------------------------
+ANSWERS = {
+    "02, exercise 2": (
+        "Why c_0 + c_t sqrt(gamma_t) = sqrt(gamma_{t-1}): take expectations given y_0 of both sides of "
+        "y_{t-1} = mu(y_0, y_t) + noise. On the left, (3) gives E[y_{t-1} | y_0] = sqrt(gamma_{t-1}) y_0. On the "
+        "right, the posterior noise has mean 0 and E[y_t | y_0] = sqrt(gamma_t) y_0, so E[mu | y_0] = "
+        "(c_0 + c_t sqrt(gamma_t)) y_0. The posterior must average back to the prior (the tower rule), for every "
+        "y_0, so the coefficients agree."),
+    "03, exercise 3": (
+        "With warm-up, step 1 uses lr = 1e-4 / 10^4 = 1e-8, and Adam's first step is lr * sign(g). float32 "
+        "spaces numbers near 0.05 by 2^-28 = 3.7e-9, so a weight of 0.05 does move, but by a whole number of those "
+        "spacings (3 of them, 1.1e-8, 12% more than asked): the step is rounded, not lost. Near 1.0 the spacing is "
+        "2^-24 = 6e-8 below 1 and 1.2e-7 above it, so a GroupNorm scale of 1.0 does not move at all: 1 - 1e-8 "
+        "rounds back to 1. Such weights stay frozen until lr * k exceeds half a spacing (k >= 3 going down, "
+        "k >= 6 going up), and smaller steps are rounded away every time. That is why the warm-up is harmless in "
+        "practice (it lasts 10^4 steps) but makes a three-step comparison meaningless, and why mixed-precision "
+        "training keeps a float32 (or wider) master copy of the weights."),
+    "09, exercise 2": (
+        "At f = 1/2 the Wilson half-width z sqrt(f(1-f)/n + z^2/(4n^2)) / (1 + z^2/n) becomes "
+        "z sqrt(1/(4n) + z^2/(4n^2)) / ((n + z^2)/n) = (z / (2n)) sqrt(n + z^2) * n / (n + z^2) "
+        "= z / (2 sqrt(n + z^2)). Setting it <= h gives n >= z^2/(4h^2) - z^2: 381 trials for +-5 points at "
+        "95%, 1,064 for +-3 points. So a study of a few dozen answers (this notebook's 32 trials) can tell 50% "
+        "from 20%, but not 50% from 40%."),
+}
