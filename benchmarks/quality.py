@@ -31,9 +31,11 @@ import sr3_mini  # noqa: E402
 from run import machine, setup, update_results  # noqa: E402  (benchmarks/run.py)
 from sr3_mini import Schedule  # noqa: E402
 from sr3_mini.checkpoint import load_model  # noqa: E402
-from sr3_mini.data import bundled_eval_images, bundled_train_crops, from_uint8, make_pair  # noqa: E402
+from sr3_mini.data import bundled_eval_images, bundled_train_crops, from_uint8  # noqa: E402
 from sr3_mini.metrics import scores  # noqa: E402
-from sr3_mini.sample import schedule_search, super_resolve  # noqa: E402
+from sr3_mini.resize import downsample  # noqa: E402
+from sr3_mini.sample import super_resolve  # noqa: E402
+from sr3_mini.search import schedule_search  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,7 +58,8 @@ def held_out(size: int) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"--size {size} is larger than a held-out photo ({H}x{W})")
         top, left = (H - size) // 2, (W - size) // 2
         ys.append(im[:, top:top + size, left:left + size])
-    return make_pair(torch.stack(ys))
+    y = torch.stack(ys)
+    return downsample(y, 4), y
 
 
 def search_schedule(model, device: str, steps: int, size: int = 64) -> tuple[Schedule, dict]:
@@ -66,7 +69,7 @@ def search_schedule(model, device: str, steps: int, size: int = 64) -> tuple[Sch
     s = min(size, crops.shape[-1])
     top = (crops.shape[-1] - s) // 2
     crops = crops[..., top:top + s, top:top + s]
-    x, y = make_pair(crops)
+    x, y = downsample(crops, 4), crops
     rows = schedule_search(model, (x.to(device), y.to(device)), [steps], [0.05, 0.1, 0.2, 0.3, 0.5],
                            metric="consistency", generator=_generator(device))
     best = rows[0]

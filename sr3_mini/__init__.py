@@ -10,15 +10,12 @@ Modules, in the paper's order: ``schedule`` (alpha, gamma, p(gamma)), ``diffusio
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from . import diffusion, resize, schedule
 from .schedule import Schedule
 
 __version__ = "0.1.0"
-__all__ = ["Schedule", "diffusion", "schedule", "resize", "load_pretrained", "DATA_DIR", "__version__"]
+__all__ = ["Schedule", "diffusion", "schedule", "resize", "load_pretrained", "__version__"]
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 _BUNDLED = {"sr3": "sr3_mini_x4.pt", "regression": "regression_x4.pt"}
 
 
@@ -27,17 +24,18 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
 
     Returns ``(model, schedule, info)``: the U-Net in eval mode with its EMA weights, the training schedule
     (sampling may use any other: the network is conditioned on gamma), and the checkpoint's metadata.
-    ``kind="regression"`` gives the regression baseline of the paper's comparisons instead.
+    ``kind="regression"`` gives the regression baseline of the paper's comparisons instead. The files are
+    looked up by ``data.data_dir()``: $SR3_MINI_DATA, the copy inside an installed wheel, or data/ in a clone.
     """
-    import os
-
     from .checkpoint import load_model
+    from .data import data_dir
 
     if kind not in _BUNDLED:
         raise ValueError(f"kind must be one of {sorted(_BUNDLED)}, got {kind!r}")
-    root = Path(os.environ.get("SR3_MINI_DATA", DATA_DIR))
-    path = root / _BUNDLED[kind]
+    path = data_dir() / _BUNDLED[kind]
     if not path.exists():
-        raise FileNotFoundError(f"bundled model not found at {path}; see data/MODEL_CARD.md to retrain it")
+        raise FileNotFoundError(f"bundled model {path.name} not found in {path.parent}: set SR3_MINI_DATA to a "
+                                "folder that holds it, or install sr3_mini from a clone or a wheel built from "
+                                "one (data/MODEL_CARD.md says how to retrain it)")
     model, info = load_model(path, device=device, use_ema=True)
     return model, Schedule.from_dict(info["schedule"]), info

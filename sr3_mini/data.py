@@ -6,13 +6,14 @@ live in [-1, 1] (the range of y_0 in (3) and (5)); crops are stored as uint8 [N,
 ``from_uint8`` (v / 127.5 - 1) and ``to_uint8`` (round((y + 1) * 127.5)).
 
 - ``load_image`` / ``save_image``: any Pillow image -> RGB float [3, H, W]; the conversions are fixed here.
+- ``data_dir``: where the bundled models and photos are (one lookup for the whole package).
 - ``bundled_train_crops`` / ``bundled_eval_images``: the sets in ``data/`` (see data/README.md).
-- ``PairDataset`` (item level) and ``make_pair`` + ``random_hflip`` (batch level): y -> (x, y).
 - ``FolderCrops``: a folder of your own photos -> cached uint8 crops, skipping (and counting) bad files.
+The trainer makes (x, y_0) pairs from crops on the device, whole batches at a time (``train.sample_batch``).
 
 A crop is kept only if it has something to super-resolve: ``detail(crop) >= min_grad``, the RMS of the
 horizontal and vertical luma differences in grey levels per pixel (0..255 scale); flat sky or bokeh
-scores ~1, grass and petals 5-20. Relies on ``resize`` only.
+scores ~1, grass and petals 5-20. Relies on no other module of sr3_mini.
 """
 from __future__ import annotations
 
@@ -29,11 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .resize import downsample
-
 __all__ = ["load_image", "save_image", "to_uint8", "from_uint8", "detail", "random_crops", "data_dir",
-           "bundled_train_crops", "bundled_eval_images", "PairDataset", "make_pair", "random_hflip",
-           "FolderCrops"]
+           "bundled_train_crops", "bundled_eval_images", "FolderCrops"]
 
 MIN_GRAD = 2.0  # detail threshold of the bundled set and FolderCrops' default (see data/README.md)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights
@@ -116,13 +114,23 @@ def random_crops(image: np.ndarray, crop: int, count: int, rng: np.random.Genera
 
 
 def data_dir() -> Path:
-    """The bundled data folder: $SR3_MINI_DATA if set, else ``data/`` at the repository root."""
-    return Path(os.environ.get("SR3_MINI_DATA", Path(__file__).resolve().parent.parent / "data"))
+    """Where the bundled models and held-out photos are: $SR3_MINI_DATA if set; else the copy an installed
+    wheel carries inside the package (``sr3_mini/_bundled``, copied from data/ when the wheel is built, see
+    setup.py); else ``data/`` beside the package, in a clone or an editable install (replacing the files
+    there is all a retrain needs). The training photos ship with the repository only."""
+    if os.environ.get("SR3_MINI_DATA"):
+        return Path(os.environ["SR3_MINI_DATA"])
+    wheel = Path(__file__).resolve().parent / "_bundled"
+    return wheel if wheel.is_dir() else Path(__file__).resolve().parent.parent / "data"
 
 
 @lru_cache(maxsize=2)
 def _bundled_crops(root: str) -> np.ndarray:
     root = Path(root)
+    if not (root / "train_crops.npz").is_file():
+        raise FileNotFoundError(f"no bundled training set in {root}: it ships with the git repository, not the "
+                                "wheel; clone the repository (or set SR3_MINI_DATA to its data/), or train on "
+                                "your own photos with --data FOLDER")
     with np.load(root / "train_crops.npz", allow_pickle=False) as z:
         names, sums, index, boxes = z["images"], z["image_sha256"], z["image_index"], z["boxes"]
     images = []
@@ -146,54 +154,6 @@ def bundled_eval_images() -> list:
     """The held-out evaluation photos data/eval/*.png (different origin, never trained on):
     [(name, float32 [3, 256, 256] in [-1, 1])], sorted by name."""
     return [(p.stem, load_image(p)) for p in sorted((data_dir() / "eval").glob("*.png"))]
-
-
-def make_pair(y: torch.Tensor, scale: int = 4):
-    """HR batch y_0 [B, 3, H, W] in [-1, 1] -> (x [B, 3, H/scale, W/scale], y_0): the paper's LR input."""
-    return downsample(y, scale), y
-
-
-def random_hflip(y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each image of [B, C, H, W] left-right with probability 1/2 (draws B uniforms from ``generator``,
-    a CPU generator: checkpoint ``generator.get_state()`` to resume exactly)."""
-    flip = (torch.rand(y.shape[0], generator=generator) < 0.5).to(y.device)
-    return torch.where(flip[:, None, None, None], y.flip(-1), y)
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """uint8 HR crops [N, 3, H, W] (a tensor, an array, or a FolderCrops) -> items (x [3, H/s, W/s],
-    y_0 [3, H, W]) in [-1, 1], x = downsample(y_0, scale).
-
-    Random horizontal flips (a standard augmentation for a set this small; ``flip=False`` turns them off)
-    are a pure function of (seed, epoch, index), so any worker count, shuffle order or restart gives the
-    same items: to resume, call ``set_epoch(epoch)`` and restore the sampler's generator. Call ``set_epoch``
-    before iterating a DataLoader (the default ``persistent_workers=False`` copies the dataset, epoch
-    included, for each epoch)."""
-
-    def __init__(self, crops, scale: int = 4, flip: bool = True, seed: int = 0):
-        crops = torch.as_tensor(getattr(crops, "crops", crops))
-        if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[1] != 3:
-            raise ValueError(f"crops must be uint8 [N, 3, H, W], got {crops.dtype} {tuple(crops.shape)}")
-        if crops.shape[2] % scale or crops.shape[3] % scale:
-            raise ValueError(f"crop size {tuple(crops.shape[2:])} is not a multiple of scale={scale}")
-        self.crops, self.scale, self.flip, self.seed, self.epoch = crops, int(scale), flip, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def flipped(self, index: int) -> bool:
-        """Whether item ``index`` is mirrored this epoch (a fair coin keyed by seed, epoch, index)."""
-        bits = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0]
-        return self.flip and bool(bits & 1)
-
-    def __len__(self) -> int:
-        return self.crops.shape[0]
-
-    def __getitem__(self, index: int):
-        y = from_uint8(self.crops[index])
-        if self.flipped(index):
-            y = y.flip(-1)
-        return downsample(y, self.scale), y
 
 
 def _listing(folder: Path) -> list:
@@ -276,7 +236,7 @@ class FolderCrops(torch.utils.data.Dataset):
             boxes = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 2), np.int32)
             if cache and parts:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_name(cache.name + ".tmp.npz")
+                tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")   # never shared between processes
                 np.savez_compressed(tmp, crops=crops, image_index=index, boxes=boxes, sources=np.array(self.sources),
                                     counts=json.dumps(self.counts), skipped=np.array(self.skipped, dtype=str))
                 os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache

@@ -11,30 +11,30 @@ Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), sectio
 with sigma_t^2 = 1 - alpha_t as in the paper, or the posterior variance of (4). The step is
 ``diffusion.p_sample_step``; this module draws the noise, loops, records a ``Trajectory``, calls the network.
 Also: deterministic DDIM (Song et al. 2021, eta = 0; not in SR3), ``super_resolve`` (raw LR x -> bicubic x_up ->
-sample), a ``cascade`` of x4 stages (the paper's section 4) and a search over inference schedules.
+sample) and a ``cascade`` of x4 stages (the paper's section 4). Images of any size: ``tiling.py``; the search
+over inference schedules: ``search.py``.
 
 f_theta is any callable ``f(y_t, x_up, gamma) -> eps``, y_t and x_up ``[B, 3, H, W]`` (the U-Net concatenates
 them along channels), gamma ``[B]``. It sees gamma, not t, so any ``Schedule`` works for inference. Every random
 number comes from ``generator`` (drawn on its device, then moved): a seed reproduces a sample exactly.
-Relies on: diffusion, schedule, resize, metrics (schedule search).
+Relies on: diffusion, schedule, resize.
 """
 from __future__ import annotations
 
 import contextlib
-import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from . import diffusion as D
-from .metrics import scores as measure
+from .accel import SamplingNet
 from .resize import upsample
-from .schedule import Schedule
+from .schedule import Schedule, positive_int
 
 __all__ = ["Trajectory", "Stage", "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve",
-           "residual_scale",
-           "cascade", "schedule_search", "plot_schedule_search"]
+           "residual_scale", "cascade"]
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,7 +123,7 @@ def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: tor
 def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, steps: int = 100,
                   generator: torch.Generator | None = None, variance: str = "paper", clip: bool = True,
                   sampler: str = "ddpm", return_trajectory: bool = False, progress: bool = True,
-                  autocast: str | None = None, scale: int = 4, **trajectory_kw):
+                  autocast: str | None = None, scale: int = 4, compile=False, **trajectory_kw):
     """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
 
     x_up = ``resize.upsample(x, scale)`` conditions ``sample_loop`` (``sampler="ddpm"``, Algorithm 2) or
@@ -133,14 +133,13 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     paper's (10). A model with the residual target (``UNetConfig.target``, a deviation) samples r and returns
     x_up + scale r, with y^_0 clamped so that the image stays in [-1, 1]; its trajectory is shown in image
     space. The output (and the trajectory's last snapshot) is clamped to [-1, 1]. The model runs in eval
-    mode (restored after) on its own device; the result comes back on x's. ``trajectory_kw``:
+    mode (restored after) on its own device, in its memory format, compiled if ``compile`` (True, or "auto": on
+    CUDA only; then as CUDA graphs), see ``accel.SamplingNet``; the result comes back on x's. ``trajectory_kw``:
     ``trajectory_steps``, ``every``, ``y_T``, passed to the loop."""
-    steps = _positive_int(steps, "steps")
+    steps = positive_int(steps, "steps")
     _choice(sampler, "sampler", ("ddpm", "ddim"))
     _choice(variance, "variance", ("paper", "posterior"))
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be an LR batch [B, 3, h, w], got {shape}")
+    _check_image(x)
     x_up = upsample(x, scale)
     H, W = x_up.shape[-2:]
     multiple = getattr(model, "multiple", 1)
@@ -160,13 +159,16 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         kw["clip"] = ((-1 - x_up) / s, (1 - x_up) / s)
     try:
         if sampler == "ddpm":
-            out = sample_loop(model, x_up, schedule, variance=variance, **kw)
+            out = sample_loop(SamplingNet(model, x_up.device, compile), x_up, schedule, variance=variance, **kw)
         else:
-            out = ddim_loop(model, x_up, schedule, **kw)
+            out = ddim_loop(SamplingNet(model, x_up.device, compile), x_up, schedule, **kw)
     finally:
         if was_training:
             model.train()
     y, traj = out if return_trajectory else (out, None)
+    if not torch.isfinite(y).all():   # rather than black pixels: clamp would turn inf into +-1 and keep NaN
+        raise FloatingPointError("the sample is not finite (NaN or inf): the network overflowed; try without "
+                                 "autocast, or check the checkpoint")
     if s is not None:            # residual target: back to an image, y = x_up + s r
         y = D.from_residual(y, x_up.to(y.dtype), s)
         if traj is not None:     # the trajectory is shown in image space too: x_up + s y_t, x_up + s y^_0
@@ -177,6 +179,25 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         return y
     traj.y_t[-1] = traj.y0_hat[-1] = y.detach().float().cpu()
     return y, traj
+
+
+def _check_image(x) -> None:
+    """An LR batch [B, 3, h, w] of floats in [-1, 1], finite: what every image of sr3_mini is."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be an LR batch [B, 3, h, w], got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float image in [-1, 1], got dtype {x.dtype} (for uint8 0..255 pixels, "
+                         "use data.from_uint8)")
+    if not torch.isfinite(x).all():
+        raise ValueError("x holds NaN or inf values")
+    low, high = x.min().item(), x.max().item()
+    if low < -1.01 or high > 1.01:                              # 0.01: room for an unclamped bicubic overshoot
+        raise ValueError(f"x must lie in [-1, 1], got values in [{low:.4g}, {high:.4g}] (0..255 pixels: "
+                         "v / 127.5 - 1; 0..1: 2 v - 1)")
+    if low >= 0 and high > 0.5:
+        warnings.warn(f"x lies in [{low:.3g}, {high:.3g}]: is it a 0..1 image? sr3_mini images are in [-1, 1] "
+                      "(map with 2 v - 1)", stacklevel=3)
 
 
 def residual_scale(model) -> float | None:
@@ -203,63 +224,6 @@ def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, r
     return outputs if return_all else x
 
 
-_BETTER = {"psnr": lambda r: -r["psnr"], "ssim": lambda r: -r["ssim"], "consistency": lambda r: r["consistency"],
-           "sharpness": lambda r: abs(r["sharpness"] - 1)}
-
-
-def schedule_search(model, pairs, steps_list, end_list, metric: str = "psnr",
-                    generator: torch.Generator | None = None, *, beta_start: float = 1e-4, make_schedule=None,
-                    scale: int = 4, **kwargs) -> list:
-    """Quality against the number of steps and the schedule's end point, as the paper tuned its inference
-    schedule (with FID there; here with PSNR, SSIM, consistency and sharpness, which need no extra network).
-
-    Cell (steps, end) samples with ``make_schedule(steps, end)``, by default ``Schedule.linear(steps,
-    beta_start, end)`` (end = beta_T). ``pairs``: one ``(x [B,3,h,w], y [B,3,H,W])`` batch or an iterable of
-    pairs. Every cell starts from the same generator state (seed 0 if none given), so cells differ only by their
-    schedule. ``kwargs`` go to ``super_resolve`` (progress defaults to off). Returns one dict per cell,
-    ``{steps, beta_end, gamma_T, psnr, ssim, consistency, sharpness}`` (means over all images), best first by
-    ``metric`` (sharpness: closest to 1; consistency: lowest)."""
-    _choice(metric, "metric", sorted(_BETTER))
-    make_schedule = make_schedule or (lambda steps, end: Schedule.linear(steps, beta_start, end))
-    batches = _as_batches(pairs)
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    start = generator.get_state()
-    kwargs.setdefault("progress", False)
-    rows = []
-    for steps in steps_list:
-        for end in end_list:
-            schedule = make_schedule(steps, end)
-            generator.set_state(start)
-            scores = {"psnr": [], "ssim": [], "consistency": [], "sharpness": []}
-            for x, y in batches:
-                y_hat = super_resolve(model, x, schedule=schedule, steps=steps, generator=generator,
-                                      scale=scale, **kwargs)
-                for k, v in measure(y_hat, y.to(y_hat.device), x.to(y_hat.device), scale).items():
-                    scores[k].append(v)
-            rows.append({"steps": int(steps), "beta_end": float(end), "gamma_T": schedule.gamma(schedule.T).item(),
-                         **{k: torch.cat(v).mean().item() for k, v in scores.items()}})
-    return sorted(rows, key=_BETTER[metric])
-
-
-def plot_schedule_search(rows: list, path, metrics=("psnr", "ssim", "consistency", "sharpness")):
-    """One panel per metric against the number of steps, one line per beta_end; saved as a PNG at ``path``.
-    Returns the path."""
-    from matplotlib.figure import Figure   # no pyplot: works headless, leaves no open figures behind
-
-    fig = Figure(figsize=(3.2 * len(metrics), 3.0), dpi=100, layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for end in sorted({r["beta_end"] for r in rows}):
-            line = sorted((r["steps"], r[metric]) for r in rows if r["beta_end"] == end)
-            ax.plot([s for s, _ in line], [v for _, v in line], marker="o", label=f"beta_T={end:g}")
-        ax.set_xlabel("steps")
-        ax.set_title(metric)
-        ax.set_xscale("log")
-    axes[0].legend(fontsize="small")
-    fig.savefig(path)
-    return path
-
-
 def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, trajectory_steps, every,
             progress, autocast, desc):
     """The loop shared by both samplers: y_T, then ``step`` for t = T..1, recording snapshots."""
@@ -278,8 +242,8 @@ def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, tr
             raise ValueError(f"y_T must have the shape of x_up {tuple(x_up.shape)}, got {tuple(y_T.shape)}")
         else:
             y_t = y_T.to(x_up.device, dtype)
-        disable = not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
-        for t in tqdm(range(T, 0, -1), desc=desc, disable=disable, leave=False):
+        bar = {} if progress else {"disable": True}                 # when on, tqdm still obeys TQDM_DISABLE
+        for t in tqdm(range(T, 0, -1), desc=desc, leave=False, **bar):
             a, g, g_prev = schedule.alpha(t).item(), schedule.gamma(t).item(), schedule.gamma(t - 1).item()
             eps = _f_theta(f_theta, y_t, x_up, g, autocast)
             y_prev, y0_hat = step(y_t, eps, t, a, g, g_prev, t in record)
@@ -314,7 +278,7 @@ def _record_steps(T: int, trajectory_steps, every) -> set:
         if any(t < 0 or t > T for t in steps):
             raise ValueError(f"trajectory_steps must lie in 0..T = 0..{T}, got {sorted(steps)}")
         return steps
-    every = max(1, T // 10) if every is None else _positive_int(every, "every")
+    every = max(1, T // 10) if every is None else positive_int(every, "every")
     return set(range(T, 0, -every))
 
 
@@ -329,20 +293,3 @@ def _clamp(y0_hat: torch.Tensor, clip) -> torch.Tensor:
 def _choice(v, name: str, choices) -> None:
     if v not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
-
-
-def _positive_int(v, name: str) -> int:
-    try:
-        ok = not isinstance(v, bool) and int(v) == v and int(v) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    return int(v)
-
-
-def _as_batches(pairs) -> list:
-    pairs = pairs if isinstance(pairs, (tuple, list)) else list(pairs)
-    if len(pairs) == 2 and all(isinstance(p, torch.Tensor) and p.ndim == 4 for p in pairs):
-        return [tuple(pairs)]                                      # a single (x, y) batch
-    return [tuple(p if p.ndim == 4 else p.unsqueeze(0) for p in pair) for pair in pairs]

@@ -29,8 +29,8 @@ __all__ = ["Schedule"]
 class Schedule:
     """alpha_1..alpha_T and gamma_0..gamma_T, with the paper's indexing.
 
-    Build one with ``Schedule.linear``, ``Schedule.cosine``, ``Schedule.from_alphas`` or
-    ``Schedule.from_gammas``.
+    Build one with ``Schedule(alphas)`` (alpha_1..alpha_T, each in (0, 1)), ``Schedule.linear``,
+    ``Schedule.cosine`` or ``Schedule.from_gammas``.
     """
 
     def __init__(self, alphas, name: str | None = None):
@@ -51,7 +51,7 @@ class Schedule:
     def linear(cls, T: int = 2000, beta_start: float = 1e-6, beta_end: float = 1e-2) -> "Schedule":
         """beta_t = 1 - alpha_t linear from beta_start to beta_end (SR3/WaveGrad training default:
         T = 2000, 1e-6 -> 1e-2)."""
-        T = _positive_int(T, "T")
+        T = positive_int(T, "T")
         if not (0 < beta_start < 1 and 0 < beta_end < 1):
             raise ValueError(f"beta_start and beta_end must lie in (0, 1); got {beta_start}, {beta_end}")
         betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
@@ -62,17 +62,12 @@ class Schedule:
         """The cosine schedule of Nichol & Dhariwal (2021): gamma(t) = f(t)/f(0),
         f(t) = cos^2(pi/2 (t/T + s)/(1 + s)); each beta is capped at ``max_beta`` as in their paper.
         Not used by SR3; offered for comparison."""
-        T = _positive_int(T, "T")
+        T = positive_int(T, "T")
         t = torch.arange(T + 1, dtype=torch.float64)
         f = torch.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
         gammas = f / f[0]
         alphas = (gammas[1:] / gammas[:-1]).clamp(min=1 - max_beta)  # alpha_t = gamma_t / gamma_{t-1}
         return cls(alphas, name=f"cosine(T={T}, s={s:g})")
-
-    @classmethod
-    def from_alphas(cls, alphas) -> "Schedule":
-        """An explicit alpha_1..alpha_T, each in (0, 1)."""
-        return cls(alphas)
 
     @classmethod
     def from_gammas(cls, gammas) -> "Schedule":
@@ -93,7 +88,7 @@ class Schedule:
         """An inference schedule of ``steps`` steps that visits ``steps`` of this schedule's gammas, evenly
         spaced in t and always ending at gamma_T: new alpha_k = gamma_{t_k} / gamma_{t_{k-1}}.
         The network only sees gamma, so it needs no retraining for this."""
-        steps = _positive_int(steps, "steps")
+        steps = positive_int(steps, "steps")
         if steps > self.T:
             raise ValueError(f"steps must be in 1..T = 1..{self.T}, got {steps}")
         ts = torch.linspace(0, self.T, steps + 1, dtype=torch.float64).round().long()
@@ -125,7 +120,7 @@ class Schedule:
         """Draw gamma ~ p(gamma) = sum_t (1/T) U(gamma_t, gamma_{t-1}) independently for each sample:
         t uniform in 1..T, then gamma uniform between gamma_t and gamma_{t-1}. Returns float64 [B]
         on the generator's device (CPU when no generator is given)."""
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         device = generator.device if generator is not None else torch.device("cpu")
         t = torch.randint(1, self.T + 1, (batch_size,), generator=generator, device=device)
         u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
@@ -154,7 +149,13 @@ class Schedule:
         return f"Schedule({self.name}, gamma_1={self.gammas[1].item():.6g}, gamma_T={self.gammas[-1].item():.6g})"
 
 
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or int(v) != v or int(v) < 1:
+def positive_int(v, name: str) -> int:
+    """``v`` as an int >= 1, else a ValueError naming ``name`` (bools, 2.5, "3" and None are refused). The
+    sampler checks its counts with it too."""
+    try:
+        ok = not isinstance(v, bool) and int(v) == v and int(v) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
     return int(v)

@@ -21,34 +21,33 @@ generator, draws the *global* batch (batch_size x world_size) and keeps its own 
 samples, and the run is by construction the single-process run with the global batch (equal up to the float
 rounding of the gradient all-reduce). The uint8 crop pool is moved to the device once; cropping, flipping and
 downsampling run there on whole batches; the loop itself waits for the device only every ``log_every`` steps
-(loss, non-finite check). Only rank 0 writes files.
+(loss, non-finite check). Only rank 0 writes files. What surrounds the loop (the run's data, resuming, the log,
+validation, DDP agreement) is in ``train_run.py``; the command line (``sr3-mini train``) in ``cli.py``.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import contextlib
 import copy
 import dataclasses
 import json
-import os
-import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from sr3_mini import accel
 from sr3_mini import diffusion as D
-from sr3_mini.checkpoint import check_state_dict, load_checkpoint, make_state, regression_predict, save_checkpoint
+from sr3_mini.checkpoint import check_state_dict, make_state, regression_predict, save_checkpoint
 from sr3_mini.data import from_uint8
 from sr3_mini.resize import downsample, upsample
 from sr3_mini.schedule import Schedule
+from sr3_mini.train_run import (ConfigError, any_rank, dist_env, load_data_once, log, open_checkpoint, restore,
+                                validate)
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "train", "make_adam", "lr_at", "ema_decay_at", "ema_update",
-           "sample_batch", "validate", "plot_log", "main"]
+__all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "train", "make_adam", "lr_at", "ema_decay_at",
+           "ema_update", "sample_batch", "validate"]
 
 
 @dataclass
@@ -85,14 +84,11 @@ class TrainConfig:
     log_every: int = 100            # also how often the host waits for the device (loss, non-finite check)
     minutes: float = 0.0            # wall-clock budget: stop, validate and save cleanly when spent (0 = none)
     device: str = "auto"            # "auto" = cuda if available
-    autocast: str = "none"          # "none" | "bf16" (CUDA; opt-in on CPU)
+    autocast: str = "none"          # "none" | "bf16" (CUDA; opt-in on CPU) | "fp16" (T4-class GPUs; loss scaling)
     channels_last: bool = False
-    compile: bool = False           # torch.compile the network
+    compile: bool = False           # torch.compile the network (accel.compile_net); off: not yet timed on a GPU
     num_workers: int = 0            # processes decoding a --data folder (its crops are then cached in out_dir)
     progress: bool = True           # tqdm bar (also off with env TQDM_DISABLE=1, and on ranks > 0)
-
-
-ARCH_FIELDS = ("preset", "unet", "kind", "scale", "schedule_T", "beta_start", "beta_end")  # fixed on resume
 
 
 class NonFiniteLossError(ValueError):
@@ -166,33 +162,13 @@ def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int, config=None) -> tor
     return D.loss(eps_hat.float(), eps, p)                     # (6): || f_theta - eps ||_p^p
 
 
-def _load_data(cfg: TrainConfig):
-    """(train pool uint8 [N, 3, S, S], held-out uint8 [V, 3, S', S']) from the bundled sets or cfg.data."""
-    import numpy as np
-
-    from sr3_mini import data
-    if cfg.data:
-        folder = data.FolderCrops(cfg.data, crop=cfg.crop, workers=cfg.num_workers,
-                                  cache_dir=Path(cfg.out_dir) / "crop_cache")
-        first = np.unique(folder.image_index, return_index=True)[1]    # the first crop of each photo
-        k = min(cfg.val_size, len(first) - 1)                          # whole photos held out; one left to train on
-        return folder.crops[torch.as_tensor(folder.image_index >= k)], folder.crops[torch.as_tensor(first[:k])]
-    held_out = [data.to_uint8(y) for _, y in data.bundled_eval_images()[:cfg.val_size]]
-    return data.bundled_train_crops(), torch.stack(held_out)
-
-
-def _dist_env():
-    """(rank, world_size, local_rank) from the variables torchrun sets; (0, 1, 0) otherwise."""
-    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-
-
 def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor | None = None) -> dict:
     """Run Algorithm 1 as configured. ``pool`` / ``val``: uint8 training crops [N, 3, S, S] and held-out crops
     (default: from cfg.data or the bundled sets). Returns {"step", "model", "ema", "metrics", "stopped"}, with
     stopped = "steps" or "time". Under torchrun, joins (or creates) the process group."""
-    t_start, (rank, world, local_rank) = time.monotonic(), _dist_env()
-    if cfg.kind not in ("sr3", "regression") or cfg.autocast not in ("none", "bf16"):
-        raise ValueError(f"kind must be sr3|regression and autocast none|bf16; got {cfg.kind!r}, {cfg.autocast!r}")
+    t_start, (rank, world, local_rank) = time.monotonic(), dist_env()
+    if cfg.kind not in ("sr3", "regression") or cfg.autocast not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"kind must be sr3|regression and autocast none|bf16|fp16; got {cfg.kind!r}, {cfg.autocast!r}")
     name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     device = torch.device(name, local_rank) if name == "cuda" else torch.device(name)
     if device.type == "cuda":
@@ -213,11 +189,14 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     from sr3_mini.unet import UNet
     out, schedule = Path(cfg.out_dir), Schedule.linear(cfg.schedule_T, cfg.beta_start, cfg.beta_end)
     torch.manual_seed(cfg.seed)                                # the same initial weights on every rank
-    model = UNet.from_preset(cfg.preset, **cfg.unet)
+    try:
+        model = UNet.from_preset(cfg.preset, **cfg.unet)
+    except (ValueError, TypeError) as e:                       # an unknown preset, or a key UNetConfig lacks
+        raise ConfigError(f"preset {cfg.preset!r} with unet {cfg.unet}: {e}") from None
     if cfg.crop % model.multiple or cfg.crop % cfg.scale:
-        raise ValueError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple} and scale={cfg.scale}")
+        raise ConfigError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple} and scale={cfg.scale}")
     if cfg.init:
-        state = load_checkpoint(cfg.init)
+        state = open_checkpoint(cfg.init, "--init")
         weights = state["ema"] if state.get("ema") is not None else state["model"]
         check_state_dict(model, weights, what=f"--init {cfg.init}")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
@@ -229,21 +208,25 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     step, metrics = 0, {}
     resume = str(out / "last.pt") if cfg.resume == "auto" and (out / "last.pt").exists() else cfg.resume
     if resume and resume != "auto":
-        step, metrics = _restore(resume, cfg, model, ema, opt, g, rank)
+        step, metrics = restore(resume, cfg, model, ema, opt, g, rank)
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
-    if rank == 0:
+    if pool is None:
+        pool, val = load_data_once(cfg, rank, world)
+    if cfg.crop > min(pool.shape[-2:]):
+        raise ConfigError(f"crop={cfg.crop} is larger than the training crops ({pool.shape[-2]}x{pool.shape[-1]}); "
+                          "choose a smaller crop, or train on a folder of photos (--data)")
+    if rank == 0:                                              # the first write of the run: every check is done
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    if pool is None:
-        pool, val = _load_data(cfg)
     pool = pool.to(device)
     if val is not None and len(val):                           # centre crops of the held-out images
         top, left = (val.shape[-2] - cfg.crop) // 2, (val.shape[-1] - cfg.crop) // 2
         val = from_uint8(val[..., top:top + cfg.crop, left:left + cfg.crop].to(device))
     net = ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    net = torch.compile(net) if cfg.compile else net
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
+    net = accel.compile_net(net) if cfg.compile else net
+    amp = torch.autocast(device.type, dtype=accel.AUTOCAST.get(cfg.autocast), enabled=cfg.autocast != "none")
+    scaler = accel.grad_scaler(device, cfg.autocast)           # fp16: loss scaling; otherwise a no-op
     B, deadline = cfg.batch_size, t_start + 60 * cfg.minutes if cfg.minutes > 0 else float("inf")
     bad_step = torch.tensor(-1, device=device)                 # first non-finite step, tracked on the device
     loss_sum, t_log, step_log, stopped = torch.zeros((), device=device), time.monotonic(), step, "steps"
@@ -280,19 +263,21 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             with ddp.no_sync() if world > 1 and micro < cfg.grad_accum - 1 else contextlib.nullcontext():
                 with amp:
                     loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p, model.config) / cfg.grad_accum
-                loss.backward()
+                scaler.scale(loss).backward()
             loss_sum += loss.detach()
+        scaler.unscale_(opt)                                   # true gradients for the clip and its norm
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        opt.step()
+        scaler.step(opt)                                       # fp16: skipped when a gradient overflowed
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         step += 1
         ema_update(ema, model, ema_decay_at(step, cfg))
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        finite = torch.isfinite(loss.detach()) & (torch.isfinite(grad_norm) | scaler.is_enabled())  # fp16: scaler's
         bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
         pbar.update(1)
         out_of_time = time.monotonic() > deadline
         if world > 1:                                          # all ranks must stop at the same step
-            out_of_time = step % cfg.log_every == 0 and _any_rank(out_of_time, device)
+            out_of_time = step % cfg.log_every == 0 and any_rank(out_of_time, device)
         last = step == cfg.steps or out_of_time
         if step % cfg.log_every == 0 or last:
             check_finite()
@@ -305,11 +290,11 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             loss_sum.zero_()
             t_log, step_log = now, step
             pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-            _log(out, rec, rank)
+            log(out, rec, rank)
         if cfg.val_every > 0 and val is not None and len(val) and (step % cfg.val_every == 0 or last) and rank == 0:
             check_finite()
             metrics = validate(ema, cfg, val, schedule, out / f"val_{step:07d}.png")
-            _log(out, {"step": step, **metrics}, rank)
+            log(out, {"step": step, **metrics}, rank)
         if step % cfg.save_every == 0 or last:
             save(out / "last.pt")
         if cfg.keep_every > 0 and step % cfg.keep_every == 0:
@@ -321,138 +306,7 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     return {"step": step, "model": model, "ema": ema, "metrics": metrics, "stopped": stopped}
 
 
-def _any_rank(flag: bool, device) -> bool:
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def _progress(cfg, rank, step):
     from tqdm.auto import tqdm
-    off = not cfg.progress or rank != 0 or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-    return tqdm(total=cfg.steps, initial=step, disable=off, unit="step", dynamic_ncols=True)
-
-
-def _log(out: Path, rec: dict, rank: int) -> None:
-    if rank == 0:
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-
-def _restore(path, cfg, model, ema, opt, g, rank):
-    """Load a training checkpoint into model, ema, opt, g and this rank's global RNG; returns (step, metrics)."""
-    state = load_checkpoint(path)
-    saved = state.get("train_config") or {}
-    diff = {k: (saved[k], getattr(cfg, k)) for k in ARCH_FIELDS if k in saved and saved[k] != getattr(cfg, k)}
-    if diff:
-        raise ValueError(f"cannot resume {path}: these settings differ (checkpoint, requested): {diff}")
-    if state.get("optimizer") is None or state.get("rng") is None or state.get("ema") is None:
-        raise ValueError(f"{path} has no optimizer/RNG state (a release export?): it cannot be resumed")
-    for module, key in ((model, "model"), (ema, "ema")):
-        check_state_dict(module, state[key], what=f"{key} weights of {path}")
-        module.load_state_dict(state[key])
-    opt.load_state_dict(state["optimizer"])
-    rng = state["rng"]
-    if rng["device_type"] != g.device.type:
-        warnings.warn(f"{path} was trained on {rng['device_type']}: reseeding on {g.device.type} (not bit-exact)")
-        g.manual_seed(cfg.seed + state["step"])
-    else:
-        g.set_state(rng["generator"])
-        if rank < len(rng["ranks"]):
-            torch.set_rng_state(rng["ranks"][rank]["torch"])
-            if rng["ranks"][rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rng["ranks"][rank]["cuda"], g.device)
-    return int(state["step"]), state.get("metrics") or {}
-
-
-@torch.no_grad()
-def validate(ema, cfg: TrainConfig, y: torch.Tensor, schedule: Schedule, png: Path | None = None) -> dict:
-    """PSNR of the EMA model (and of bicubic, for reference) and consistency on the held-out batch y
-    [V, 3, H, W] in [-1, 1]; sr3 samples with ``schedule.respaced(cfg.val_steps)`` and a fixed seed.
-    Writes a grid to ``png``: columns LR (nearest) | bicubic | output | HR, one row per image (at most 4)."""
-    from sr3_mini.metrics import consistency, psnr
-    from sr3_mini.sample import super_resolve
-    x = downsample(y, cfg.scale)
-    x_up = upsample(x, cfg.scale)
-    if cfg.kind == "regression":
-        y_hat = regression_predict(ema, x_up).float().clamp(-1, 1)
-    else:
-        y_hat = super_resolve(ema, x, schedule=schedule.respaced(cfg.val_steps), scale=cfg.scale, progress=False,
-                              generator=torch.Generator().manual_seed(cfg.seed),
-                              autocast=None if cfg.autocast == "none" else cfg.autocast).float()
-    metrics = {"val_psnr": psnr(y_hat, y).mean().item(), "val_psnr_bicubic": psnr(x_up, y).mean().item(),
-               "val_consistency": consistency(x, y_hat, cfg.scale).mean().item()}
-    if png is not None:
-        from sr3_mini.data import save_image
-        lr = torch.nn.functional.interpolate(x, scale_factor=cfg.scale, mode="nearest")
-        save_image(torch.cat([torch.cat(list(t[:4]), dim=1) for t in (lr, x_up, y_hat, y)], dim=2), png)
-    return metrics
-
-
-def plot_log(path, out_png) -> Path:
-    """The training loss (and validation PSNR, if logged) of a log.jsonl, plotted to a PNG."""
-    # a bare Figure (no pyplot): works headless and leaves the caller's backend (e.g. inline) alone
-    from matplotlib.figure import Figure
-    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    # a run resumed from an earlier checkpoint logs some steps twice: keep the last record of each step
-    losses = sorted({r["step"]: r for r in recs if "loss" in r}.values(), key=lambda r: r["step"])
-    val = sorted({r["step"]: r for r in recs if "val_psnr" in r}.values(), key=lambda r: r["step"])
-    fig = Figure(figsize=(10 if val else 5, 3.5))
-    axes = fig.subplots(1, 2 if val else 1, squeeze=False)
-    axes[0, 0].plot([r["step"] for r in losses], [r["loss"] for r in losses])
-    axes[0, 0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss (6)")
-    if val:
-        axes[0, 1].plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", label="model (EMA)")
-        axes[0, 1].plot([r["step"] for r in val], [r["val_psnr_bicubic"] for r in val], "--", label="bicubic")
-        axes[0, 1].set(xlabel="step", ylabel="PSNR (dB)", title="held-out batch")
-        axes[0, 1].legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    return Path(out_png)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One option per TrainConfig field (``--batch-size`` for batch_size, ...), defaults from TrainConfig."""
-    p = argparse.ArgumentParser(prog="python -m sr3_mini train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Train SR3 (Algorithm 1) or the regression baseline. Writes last.pt, "
-                                "config.json, log.jsonl, val_*.png and loss.png to --out-dir.")
-    choices = {"kind": ("sr3", "regression"), "autocast": ("none", "bf16"), "loss_p": (1, 2)}
-    for f in dataclasses.fields(TrainConfig):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(TrainConfig(), f.name)
-        if f.name == "unet":
-            p.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help="UNetConfig override")
-        elif f.name == "resume":
-            p.add_argument(flag, nargs="?", const="auto", default="", help="continue out_dir/last.pt, or a path")
-        elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=" ")
-        else:
-            p.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name), help=" ")
-    p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out-dir")
-    return p
-
-
-def config_from_args(argv=None) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    unet = {}
-    for item in args.pop("unet"):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--unet expects KEY=VALUE, got {item!r}")
-        with contextlib.suppress(ValueError, SyntaxError):
-            value = ast.literal_eval(value)
-        unet[key] = value
-    return TrainConfig(**args, unet=unet)
-
-
-def main(argv=None) -> int:
-    """``python -m sr3_mini train [options]`` (see build_parser; also works under torchrun). Exit code."""
-    cfg = config_from_args(argv)
-    try:
-        result = train(cfg)
-    except (NonFiniteLossError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if _dist_env()[0] == 0:
-        plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "loss.png")
-        print(f"stopped at step {result['step']} ({result['stopped']}); {Path(cfg.out_dir) / 'last.pt'}")
-    return 0
+    bar = {} if cfg.progress and rank == 0 else {"disable": True}   # when on, tqdm still obeys TQDM_DISABLE
+    return tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, **bar)

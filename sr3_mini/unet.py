@@ -28,9 +28,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sr3_mini.blocks import Attention, EmbedSequential, ResBlock, gamma_embedding, group_norm
-from sr3_mini.resize import upsample
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "upsample_x"]
+__all__ = ["UNetConfig", "UNet", "PRESETS"]
 
 
 @dataclass
@@ -117,14 +116,6 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                  image_size=16, norm_groups=8, attn_head_channels=16),
 }
-
-
-def upsample_x(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """The conditioning input: LR ``x [B, 3, h, w]`` bicubic-upsampled to ``[B, 3, scale*h, scale*w]``.
-
-    Calls ``sr3_mini.resize.upsample``, the project's one place for resizing.
-    """
-    return upsample(x, scale)
 
 
 class UNet(nn.Module):
@@ -231,7 +222,7 @@ class UNet(nn.Module):
             if block[0].resample is None:  # up-sampling blocks take no skip
                 h = torch.cat([h, hs.pop()], dim=1)
             h = self._run(block, h, emb)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(self.norm_out(h, silu=True))   # SiLU(GroupNorm(h)), blocks.GroupNorm
         if self.config.head == "eps":
             return out                                     # the paper: the network output is eps_hat
         # head "v" (deviation): eps_hat = sqrt(1 - gamma) y_t + sqrt(gamma) v_hat, in gamma's (>= float32) dtype,

@@ -8,6 +8,7 @@ built from the same frames, so what GitHub shows (the grid) is what the slider s
 - ``to_display``: ``[3, H, W]`` in [-1, 1] -> ``[H, W, 3]`` numpy in [0, 1].
 - ``forward_frames``: y_t by (5) for several t with ONE fixed eps, ``[len(ts), 3, H, W]``.
 - ``image_grid``, ``comparison_grid``, ``trajectory_grid``, ``schedule_figure``: static figures.
+- ``demo_figure`` (the CLI's comparison), ``plot_log`` (a run's loss curves), ``plot_schedule_search``.
 - ``yt_widget``, ``trajectory_widget``: an ``IntSlider`` (+ ``Play``) and an ``Image`` showing a PNG.
 
 Widgets use only what ipywidgets 7.7 (Colab) and 8 share, and ipywidgets is imported inside the factories, so
@@ -21,6 +22,8 @@ Relies on: diffusion (q_sample), schedule.
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -31,7 +34,7 @@ from . import diffusion as D
 from .schedule import Schedule
 
 __all__ = ["to_display", "forward_frames", "image_grid", "comparison_grid", "trajectory_grid", "schedule_figure",
-           "yt_widget", "trajectory_widget"]
+           "demo_figure", "plot_log", "plot_schedule_search", "yt_widget", "trajectory_widget"]
 
 
 def to_display(t: torch.Tensor) -> np.ndarray:
@@ -141,6 +144,56 @@ def schedule_figure(schedules, figsize=(10, 3.2)):
     return fig
 
 
+def demo_figure(x, results: dict, y, rows: dict, title: str, steps: int):
+    """The demo's comparison: LR (nearest, so its pixels show) | bicubic | regression | SR3 | HR, PSNR and SSIM
+    under each name, and a second row zoomed on the centre. ``x`` [1, 3, h, w], ``results`` {method: [1, 3, H, W]},
+    ``y`` [1, 3, H, W], ``rows`` {method: {"psnr", "ssim", ...}}. Returns a pyplot ``Figure``."""
+    names = {"bicubic": "bicubic", "regression": "regression", "SR3": f"SR3 ({steps} steps)"}
+    images = {f"LR input x ({x.shape[-1]}x{x.shape[-2]})": x[0]}
+    images.update({f"{names[k]}\n{rows[k]['psnr']:.2f} dB, SSIM {rows[k]['ssim']:.3f}": v[0]
+                   for k, v in results.items()})
+    images["HR ground truth y"] = y[0]
+    H, W = y.shape[-2:]
+    return comparison_grid(images, crop=(H * 3 // 8, W * 3 // 8, min(H, W) // 4), suptitle=title)
+
+
+def plot_log(path, out_png) -> Path:
+    """The training loss (and validation PSNR, if logged) of a run's log.jsonl, plotted to a PNG."""
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    # a run resumed from an earlier checkpoint logs some steps twice: keep the last record of each step
+    losses = sorted({r["step"]: r for r in recs if "loss" in r}.values(), key=lambda r: r["step"])
+    val = sorted({r["step"]: r for r in recs if "val_psnr" in r}.values(), key=lambda r: r["step"])
+    fig = Figure(figsize=(10 if val else 5, 3.5))   # no pyplot: headless, and the caller's backend is left alone
+    axes = fig.subplots(1, 2 if val else 1, squeeze=False)
+    axes[0, 0].plot([r["step"] for r in losses], [r["loss"] for r in losses])
+    axes[0, 0].set(xlabel="step", ylabel="training loss", yscale="log", title="loss (6)")
+    if val:
+        axes[0, 1].plot([r["step"] for r in val], [r["val_psnr"] for r in val], "o-", label="model (EMA)")
+        axes[0, 1].plot([r["step"] for r in val], [r["val_psnr_bicubic"] for r in val], "--", label="bicubic")
+        axes[0, 1].set(xlabel="step", ylabel="PSNR (dB)", title="held-out batch")
+        axes[0, 1].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    return Path(out_png)
+
+
+def plot_schedule_search(rows: list, path, metrics=("psnr", "ssim", "consistency", "sharpness")):
+    """``search.schedule_search``'s rows: one panel per metric against the number of steps, one line per
+    beta_end; saved as a PNG at ``path``. Returns the path."""
+    fig = Figure(figsize=(3.2 * len(metrics), 3.0), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        for end in sorted({r["beta_end"] for r in rows}):
+            line = sorted((r["steps"], r[metric]) for r in rows if r["beta_end"] == end)
+            ax.plot([s for s, _ in line], [v for _, v in line], marker="o", label=f"beta_T={end:g}")
+        ax.set_xlabel("steps")
+        ax.set_title(metric)
+        ax.set_xscale("log")
+    axes[0].legend(fontsize="small")
+    fig.savefig(path)
+    return path
+
+
 # ---- widgets -------------------------------------------------------------------------------------------------
 def yt_widget(y_0: torch.Tensor, schedule: Schedule, noise: torch.Tensor, t_init: int | None = None,
               play_step: int | None = None, figsize=(4.0, 4.3), dpi: int = 80):
@@ -189,6 +242,33 @@ def trajectory_widget(frames_y_t, frames_y0_hat, ts, extra: dict | None = None, 
         return pair, _png(list(pair) + list(extra.values()), titles, figsize, dpi)
 
     return _slider_box(render, 0, K - 1, k_init, "step", slider_class, 1, frame_for)
+
+
+def forward_reverse_frames(y_0: torch.Tensor, noise: torch.Tensor, gammas, frames_y_t, frames_y0_hat) -> torch.Tensor:
+    """Forward and reverse at the same noise level: for each snapshot k of a reverse run, y_t from (5) at
+    ``gammas[k]`` with the fixed ``noise``, the sampler's y_t and its y^_0 (8). ``y_0``, ``noise`` ``[3, H, W]``;
+    ``frames_*`` ``[K, 3, H, W]``. Returns ``[K, 3, 3, H, W]`` (k, panel, ...)."""
+    forward = torch.stack([D.q_sample(y_0, float(g), noise) for g in gammas])
+    return torch.stack([forward, frames_y_t, frames_y0_hat], dim=1)
+
+
+def forward_reverse_widget(y_0: torch.Tensor, noise: torch.Tensor, traj, k_init: int = 0,
+                           slider_class: str = "fr-slider", figsize=(7.8, 2.9), dpi: int = 80):
+    """A slider over the snapshots of a reverse run (``sample.Trajectory``, batch element 0) showing, at the same
+    t and gamma_t, y_t from the forward process (5) next to the sampler's y_t and its y^_0
+    (``forward_reverse_frames``). Same pattern as ``trajectory_widget``: ``slider``, ``play``, ``image``,
+    ``frame_for(k)`` -> ``[3, 3, H, W]``, ``current_value`` / ``current_frame``."""
+    frames = forward_reverse_frames(y_0, noise, traj.gamma, traj.y_t[:, 0], traj.y0_hat[:, 0])
+
+    def frame_for(k: int) -> torch.Tensor:
+        return frames[k]
+
+    def render(k: int) -> tuple:
+        t, g = traj.t[k], traj.gamma[k]
+        titles = [f"forward (5): $y_t$, t = {t}", f"sampler: $y_t$, $\\gamma_t$ = {g:.3g}", "sampler: $\\hat y_0$"]
+        return frames[k], _png(list(frames[k]), titles, figsize, dpi)
+
+    return _slider_box(render, 0, len(traj) - 1, k_init, "step", slider_class, 1, frame_for)
 
 
 def _slider_box(render, low: int, high: int, value: int, description: str, css_class: str, play_step: int,

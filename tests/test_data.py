@@ -1,6 +1,5 @@
 """sr3_mini.data: image conversions, the bundled sets, (x, y) pairs, and FolderCrops' handling of bad input."""
 import hashlib
-import pickle
 import shutil
 import warnings
 from pathlib import Path
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 
 from sr3_mini import data
-from sr3_mini.resize import downsample
 
 DATA = Path(data.__file__).resolve().parent.parent / "data"
 
@@ -187,54 +185,6 @@ def _crops(n=24, size=16, seed=0):
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_pair_dataset_items():
-    crops = _crops()
-    ds = data.PairDataset(crops, scale=4, flip=False)
-    x, y = ds[3]
-    assert x.shape == (3, 4, 4) and y.shape == (3, 16, 16) and x.dtype == y.dtype == torch.float32
-    assert torch.equal(y, data.from_uint8(crops[3])) and torch.equal(x, downsample(y, 4))
-    with pytest.raises(ValueError):
-        data.PairDataset(crops.float())
-    with pytest.raises(ValueError):
-        data.PairDataset(crops, scale=3)
-
-
-def test_flips_are_fair_deterministic_and_change_with_the_epoch():
-    crops = _crops(64)
-    ds = data.PairDataset(crops, scale=2, flip=True, seed=5)
-    flips = [ds.flipped(i) for i in range(64)]
-    assert 16 < sum(flips) < 48
-    for i in range(8):
-        x, y = ds[i]
-        assert torch.equal(y, data.from_uint8(crops[i]).flip(-1) if flips[i] else data.from_uint8(crops[i]))
-        assert torch.equal(x, downsample(y, 2))
-    assert flips == [data.PairDataset(crops, 2, seed=5).flipped(i) for i in range(64)]
-    ds.set_epoch(1)
-    assert flips != [ds.flipped(i) for i in range(64)]
-    assert flips != [data.PairDataset(crops, 2, seed=6).flipped(i) for i in range(64)]
-
-
-def test_pair_dataset_pickles_and_works_with_workers():
-    ds = data.PairDataset(_crops(8), scale=4, seed=1)
-    ds.set_epoch(3)
-    clone = pickle.loads(pickle.dumps(ds))
-    assert all(torch.equal(a, b) for a, b in zip(clone[5], ds[5]))
-    one = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=0)))
-    two = next(iter(torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2)))
-    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
-
-
-def test_make_pair_and_random_hflip():
-    y = data.from_uint8(_crops(16))
-    f1 = data.random_hflip(y, torch.Generator().manual_seed(0))
-    f2 = data.random_hflip(y, torch.Generator().manual_seed(0))
-    assert torch.equal(f1, f2)
-    same = [torch.equal(a, b) for a, b in zip(f1, y)]
-    assert all(s or torch.equal(a, b.flip(-1)) for s, a, b in zip(same, f1, y)) and 0 < sum(same) < 16
-    x, y0 = data.make_pair(f1, 4)
-    assert y0 is f1 and torch.equal(x, downsample(f1, 4)) and x.shape == (16, 3, 4, 4)
-
-
 # ---- FolderCrops -----------------------------------------------------------------------------------------------
 
 def _folder(root: Path) -> Path:
@@ -263,8 +213,6 @@ def test_folder_crops_skips_and_counts_bad_files(tmp_path):
     t, l = fc.boxes[7]
     b = np.asarray(Image.open(folder / "sub" / "b.jpg").convert("RGB"))
     assert np.array_equal(fc[7].permute(1, 2, 0).numpy(), b[t:t + 32, l:l + 32])
-    x, y = data.PairDataset(fc, scale=4)[0]
-    assert x.shape == (3, 8, 8)
 
 
 def test_folder_crops_deterministic_parallel_and_max_side(tmp_path):

@@ -50,7 +50,7 @@ def test_gamma_index_errors():
 @pytest.mark.parametrize("alphas", [[0.5, 1.0], [0.0, 0.5], [1.2], [float("nan")], []])
 def test_bad_alphas(alphas):
     with pytest.raises(ValueError, match="alphas"):
-        Schedule.from_alphas(alphas)
+        Schedule(alphas)
 
 
 def test_from_gammas_requires_decreasing():

@@ -14,8 +14,10 @@ import torch
 from sr3_mini import checkpoint as C
 from sr3_mini import diffusion
 from sr3_mini.schedule import Schedule
-from sr3_mini.train import (NonFiniteLossError, TrainConfig, _load_data, ema_decay_at, ema_update, lr_at, main,
-                            plot_log, sample_batch, train)
+from sr3_mini.cli import main as cli_main
+from sr3_mini.train import NonFiniteLossError, TrainConfig, ema_decay_at, ema_update, lr_at, sample_batch, train
+from sr3_mini.train_run import load_data
+from sr3_mini.viz import plot_log
 from sr3_mini.unet import UNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +160,7 @@ def test_runs_are_never_overwritten_nor_resumed_with_another_model(tmp_path):
 
 def test_command_line_on_the_bundled_data_with_bf16_and_channels_last(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["--preset", "tiny", "--crop", "16", "--batch-size", "2", "--steps", "1", "--out", str(out),
+    code = cli_main(["train", "--preset", "tiny", "--crop", "16", "--batch-size", "2", "--steps", "1", "--out", str(out),
                  "--val-every", "0", "--no-progress", "--device", "cpu", "--unet", "dropout=0.1",
                  "--autocast", "bf16", "--channels-last"])
     assert code == 0 and "stopped at step 1" in capsys.readouterr().out
@@ -187,7 +189,7 @@ def test_a_folder_of_photos_holds_whole_photos_out_for_validation(tmp_path):
     for i in range(3):
         Image.fromarray(POOL[i].permute(1, 2, 0).numpy()).resize((40, 40)).save(folder / f"{i}.png")
     cfg = config(tmp_path, data=str(folder), val_size=1, steps=1, val_every=1, kind="regression")
-    pool, val = _load_data(cfg)
+    pool, val = load_data(cfg)
     assert val.shape == (1, 3, 16, 16) and pool.shape[1:] == (3, 16, 16) and len(pool) > 0
     from sr3_mini.data import FolderCrops
     index = FolderCrops(folder, crop=16, cache_dir=tmp_path / "run" / "crop_cache").image_index

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sr3_mini.blocks import Attention, ResBlock, gamma_embedding
-from sr3_mini.resize import upsample
-from sr3_mini.unet import PRESETS, UNet, UNetConfig, upsample_x
+from sr3_mini.unet import PRESETS, UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -245,8 +244,6 @@ def test_presets_and_replace():
     assert UNetConfig(**dataclasses.asdict(model.config)) == model.config
     assert UNetConfig(channel_mults=[1, 2]).channel_mults == (1, 2)  # JSON lists come back as tuples
     assert 2e6 <= n_params(on_meta("mini")) <= 4e6
-    x = torch.rand(1, 3, 4, 4) * 2 - 1
-    torch.testing.assert_close(upsample_x(x, 4), upsample(x, 4))  # the project's one bicubic
 
 
 def test_channels_last_matches_contiguous():
