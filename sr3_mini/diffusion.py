@@ -8,8 +8,9 @@ schedule works: ask ``sr3_mini.schedule.Schedule`` for them. Randomness is never
 
 Shapes: images are ``[B, C, H, W]`` (any tensor whose first axis is the batch works). Each scalar is a Python
 number, a 0-d tensor, or a per-sample ``[B]`` tensor broadcast over the remaining axes. Coefficients are formed
-in the precision of the scalars (float64 for Python numbers and the schedule's tensors) and then cast to the
-image dtype. Inputs are never modified. Ranges are checked on Python numbers and CPU tensors; on an accelerator
+in the precision of the scalars (float64 for Python numbers and the schedule's tensors) *on the CPU*, and only
+then cast to the image's dtype and moved to its device: no float64 tensor reaches an accelerator (Apple's MPS
+has no float64). Scalars already on an accelerator stay there, in their own dtype. Inputs are never modified. Ranges are checked on Python numbers and CPU tensors; on an accelerator
 the check is skipped, since it would stall the device on every call.
 """
 from __future__ import annotations
@@ -120,11 +121,10 @@ def _coef(v, like: torch.Tensor, name: str, low: float, high: float, high_ok: bo
     if isinstance(v, torch.Tensor):
         t = v.detach() if not v.requires_grad else v
         if not t.is_floating_point():
-            t = t.to(torch.float64)
-        t = t.to(like.device)
+            t = t.to(torch.float64 if t.device.type == "cpu" else torch.float32)
     else:
         try:
-            t = torch.tensor(float(v), dtype=torch.float64, device=like.device)
+            t = torch.tensor(float(v), dtype=torch.float64)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a number or a tensor, got {type(v).__name__}") from None
     if t.ndim == 1 and like.ndim >= 1:
@@ -148,7 +148,9 @@ def _checkable(t: torch.Tensor) -> bool:
 
 
 def _cast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return c.to(like.dtype) if like.is_floating_point() else c
+    """A coefficient in the image's dtype on its device: the dtype first, so a float64 CPU value never moves."""
+    dtype = like.dtype if like.is_floating_point() else c.dtype if like.device.type == "cpu" else torch.float32
+    return c.to(dtype).to(like.device)
 
 
 def _show(t: torch.Tensor) -> str:

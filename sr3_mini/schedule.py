@@ -118,13 +118,15 @@ class Schedule:
     # ---- p(gamma) of Algorithm 1 -------------------------------------------------------------------------
     def sample_gamma(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw gamma ~ p(gamma) = sum_t (1/T) U(gamma_t, gamma_{t-1}) independently for each sample:
-        t uniform in 1..T, then gamma uniform between gamma_t and gamma_{t-1}. Returns float64 [B]
-        on the generator's device (CPU when no generator is given)."""
+        t uniform in 1..T, then gamma uniform between gamma_t and gamma_{t-1}. Returns [B] on the generator's
+        device (CPU when no generator is given): float64 on the CPU, float32 elsewhere (MPS has no float64;
+        the network sees gamma in float32 anyway)."""
         batch_size = positive_int(batch_size, "batch_size")
         device = generator.device if generator is not None else torch.device("cpu")
+        dtype = torch.float64 if device.type == "cpu" else torch.float32
         t = torch.randint(1, self.T + 1, (batch_size,), generator=generator, device=device)
-        u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
-        gammas = self.gammas.to(device)
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=dtype)
+        gammas = self.gammas.to(dtype).to(device)
         lo, hi = gammas[t], gammas[t - 1]  # gamma_t < gamma_{t-1}
         return lo + u * (hi - lo)
 

@@ -130,7 +130,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def sample_batch(pool: torch.Tensor, n: int, cfg: TrainConfig, schedule: Schedule, g: torch.Generator):
     """n training samples from a uint8 pool [N, 3, S, S] on g's device: y_0 [n, 3, crop, crop] in [-1, 1],
-    gamma [n] (float64), eps [n, 3, crop, crop]. Every draw happens whatever the config."""
+    gamma [n] (float64 on the CPU, float32 elsewhere), eps [n, 3, crop, crop]. Every draw happens whatever the config."""
     dev, c = pool.device, cfg.crop
     idx = torch.randint(pool.shape[0], (n,), generator=g, device=dev)
     oy = torch.randint(pool.shape[-2] - c + 1, (n, 1), generator=g, device=dev)

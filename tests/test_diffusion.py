@@ -178,3 +178,37 @@ def test_equations_on_cuda_match_cpu():
         cpu = f(y0, eps, a, gm, gp)
         gpu = f(y0.cuda(), eps.cuda(), a.cuda(), gm.cuda(), gp.cuda())
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_no_float64_tensor_reaches_an_accelerator():
+    """Issue 13, MPS: coefficients are formed in float64 on the CPU and cast there; only float32 moves. Run on the
+    'meta' device (an accelerator stand-in that exists everywhere) with every aten op's output recorded."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sr3_mini.schedule import Schedule
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bad = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.device.type != "cpu" and t.dtype == torch.float64:
+                    self.bad.append(str(func))
+            return out
+
+    s = Schedule.linear(50, 1e-4, 0.05)
+    y, eps = torch.zeros(2, 3, 4, 4, device="meta"), torch.zeros(2, 3, 4, 4, device="meta")
+    gamma_b = s.gamma(torch.tensor([3, 40]))                         # per-sample, float64 on the CPU
+    with Record() as rec:
+        D.q_step(y, s.alpha(5), eps)
+        D.q_sample(y, 0.5, eps)
+        D.q_sample(y, gamma_b, eps)
+        D.posterior(y, y, s.alpha(5), s.gamma(5), s.gamma(4))
+        D.predict_y0(y, eps, s.gamma(7).item())
+        D.p_mean(y, eps, s.alpha(7), s.gamma(7))
+        for variance in ("paper", "posterior"):
+            D.p_sample_step(y, eps, s.alpha(7).item(), s.gamma(7).item(), s.gamma(6).item(), eps, variance)
+    assert rec.bad == []
