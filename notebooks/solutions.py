@@ -170,3 +170,22 @@ ANSWERS = {
         "95%, 1,064 for +-3 points. So a study of a few dozen answers (this notebook's 32 trials) can tell 50% "
         "from 20%, but not 50% from 40%."),
 }
+
+
+# ---- notebook 05: counting (the U-Net's shape) ---------------------------------------------------------------
+def my_resblock_params(c_in, c_out, emb_dim):
+    # two GroupNorms (scale + shift), two 3x3 convs, the FiLM linear map (scale and shift), the 1x1 skip if needed
+    n = 2 * c_in + (9 * c_in * c_out + c_out) + (emb_dim * 2 * c_out + 2 * c_out) + 2 * c_out + (9 * c_out**2 + c_out)
+    return n + (c_in * c_out + c_out if c_in != c_out else 0)
+
+
+def my_attention_blocks(name):
+    from sr3_mini.unet import PRESETS
+    p = {**PRESETS[name]}
+    levels = [i for i in range(len(p["channel_mults"])) if p["image_size"] // 2**i in p["attn_resolutions"]]
+    return 1 + len(levels) * (2 * p["num_res_blocks"] + 1)
+
+
+def my_multiple(name):
+    from sr3_mini.unet import PRESETS
+    return 2 ** (len(PRESETS[name]["channel_mults"]) - 1)

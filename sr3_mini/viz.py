@@ -9,7 +9,8 @@ built from the same frames, so what GitHub shows (the grid) is what the slider s
 - ``forward_frames``: y_t by (5) for several t with ONE fixed eps, ``[len(ts), 3, H, W]``.
 - ``image_grid``, ``comparison_grid``, ``trajectory_grid``, ``schedule_figure``: static figures.
 - ``demo_figure`` (the CLI's comparison), ``plot_log`` (a run's loss curves), ``plot_schedule_search``.
-- ``yt_widget``, ``trajectory_widget``: an ``IntSlider`` (+ ``Play``) and an ``Image`` showing a PNG.
+- ``yt_widget``, ``trajectory_widget``, ``forward_reverse_widget`` (forward (5) beside the sampler at the same t):
+  an ``IntSlider`` (+ ``Play``) and an ``Image`` showing a PNG.
 
 Widgets use only what ipywidgets 7.7 (Colab) and 8 share, and ipywidgets is imported inside the factories, so
 the library imports where no notebook front end exists. A widget can be driven without a browser: set
@@ -34,7 +35,8 @@ from . import diffusion as D
 from .schedule import Schedule
 
 __all__ = ["to_display", "forward_frames", "image_grid", "comparison_grid", "trajectory_grid", "schedule_figure",
-           "demo_figure", "plot_log", "plot_schedule_search", "yt_widget", "trajectory_widget"]
+           "demo_figure", "plot_log", "plot_schedule_search", "yt_widget", "trajectory_widget",
+           "forward_reverse_frames", "forward_reverse_widget"]
 
 
 def to_display(t: torch.Tensor) -> np.ndarray:
