@@ -3,19 +3,30 @@
 #   make test   sets up .venv and runs the whole test suite (unit tests and the notebook course under nbval)
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
-# The CPU build of PyTorch; set TORCH=torch to take whatever your platform's default is.
-TORCH ?= torch==2.13.0
+# PyTorch: kept if the environment already has one; otherwise `pip install torch` from the default index, which
+# is the CUDA build on Linux x86-64 (large) and the only build elsewhere. For the small CPU-only build, opt in to
+# PyTorch's own CPU wheel index:  make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch>=2.1
+TORCH_INDEX ?=
 
-.PHONY: setup demo test notebooks bench clean
+.PHONY: setup setup-package demo test notebooks bench clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# the package alone: what `make demo` needs
+setup-package: $(VENV)/.installed-package
+
+$(VENV)/.installed-package: pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# with the notebooks and the test stack
+$(VENV)/.installed: $(VENV)/.installed-package
 	$(PY) -m pip install -q -e ".[notebooks,test]"
 	touch $@
 
-demo: setup
+demo: setup-package
 	$(VENV)/bin/sr3-mini demo
 
 test: setup

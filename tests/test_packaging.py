@@ -39,3 +39,81 @@ def test_torch_requirement_stays_loose():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_req = [r for r in meta["dependencies"] if r.startswith("torch")]
     assert torch_req and "==" not in torch_req[0] and "<" not in torch_req[0]
+
+
+def _torch_closure() -> list:
+    """Top-level files and folders of the installed torch and of everything it requires (recursively)."""
+    from importlib import metadata
+
+    seen, todo, items = set(), ["torch"], set()
+    while todo:
+        name = re.split(r"[\s<>=!~;\[(]", todo.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue                                           # an optional or platform-specific requirement
+        todo += [r for r in dist.requires or [] if "extra ==" not in r]
+        items |= {Path(dist.locate_file(f.parts[0])) for f in dist.files or [] if f.parts[0] != ".."}
+    return sorted(p for p in items if p.exists() and p.suffix != ".pth" and p.name != "__pycache__")
+
+
+@pytest.mark.slow
+def test_the_built_wheel_installs_and_runs_the_demo_from_elsewhere(tmp_path):
+    """Issue 13: build the wheel, install it into a fresh virtual environment, run `sr3-mini demo` from another
+    folder. The models and held-out photos must come from the wheel itself. Torch (hundreds of MB, and a CUDA build
+    by default from PyPI) is lent to the new environment from this one, by links; every other dependency is
+    installed from the package index, as a user's pip would."""
+    import os
+    import subprocess
+
+    def run(*cmd, **kw):
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        return r
+
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+        str(ROOT))
+    wheel = next((tmp_path / "dist").glob("sr3_mini-*.whl"))
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", str(venv))
+    py = venv / "bin" / "python"
+    site = Path(run(str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
+    lent = tmp_path / "torch_lent"
+    lent.mkdir()
+    for item in _torch_closure():
+        (lent / item.name).symlink_to(item)
+    (site / "torch_lent.pth").write_text(f"{lent}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SR3_MINI_DATA", "PYTHONPATH", "VIRTUAL_ENV")}
+    run(str(py), "-m", "pip", "install", "-q", str(wheel), env=env)
+    assert not (site / "torch").exists()                      # pip took the lent torch as installed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = run(str(py), "-c", "import sr3_mini.data as d; print(d.__file__); print(d.data_dir())", cwd=elsewhere,
+                env=env).stdout.split()
+    assert where[0].startswith(str(site)) and where[1] == str(site / "sr3_mini" / "_bundled")
+    r = run(str(venv / "bin" / "sr3-mini"), "demo", "--steps", "3", "--quiet", cwd=elsewhere,
+            env={**env, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"})
+    assert "SR3" in r.stdout and (elsewhere / "sr3_mini_demo.png").stat().st_size > 10_000
+
+
+def test_make_demo_installs_the_package_alone_and_torch_from_the_default_index(tmp_path):
+    """Issue 13: `make demo` needs no test stack; torch is not pinned to a build, and PyTorch's CPU index is opt-in."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.skip("no make")
+
+    def dry(*args):
+        return subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", *args],
+                              capture_output=True, text=True, check=True).stdout
+
+    demo, test = dry("demo"), dry("test")
+    torch_line = next(ln for ln in demo.splitlines() if "pip install" in ln and "torch" in ln)
+    assert "==" not in torch_line and "index-url" not in torch_line
+    assert "pip install -q -e ." in demo and "[notebooks" not in demo and "[notebooks,test]" in test
+    cpu = dry("demo", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    assert "--index-url https://download.pytorch.org/whl/cpu" in cpu
