@@ -13,6 +13,8 @@ resolution. The paper leaves the details open; we follow the score-SDE code (Son
   of gamma, output (skip + h) / sqrt(2).
 - ``Attention``: DDPM self-attention over the H*W positions, with the same 1/sqrt(2) skip rescale.
 - ``EmbedSequential``: a chain of blocks that all receive the gamma embedding.
+- ``GroupNorm``: ``nn.GroupNorm`` that keeps 16-bit activations in 16 bits, with the FiLM and SiLU that follow it
+  (one fused kernel from ``kernels.py`` where it is enabled).
 
 Shapes: feature maps ``[B, C, H, W]``, embeddings ``[B, E]``. Sibling module: ``unet.py`` wires these up.
 """
@@ -22,9 +24,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-__all__ = ["gamma_embedding", "group_norm", "ResBlock", "Attention", "EmbedSequential"]
+from sr3_mini import kernels
+
+__all__ = ["gamma_embedding", "group_norm", "GroupNorm", "ResBlock", "Attention", "EmbedSequential"]
 
 SKIP_SCALE = 1 / math.sqrt(2)  # section 2.4: "skip connections rescaled by 1/sqrt(2)"
 
@@ -43,9 +48,39 @@ def gamma_embedding(gamma: torch.Tensor, dim: int, scale: float = 1000.0) -> tor
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
-def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters, same checkpoints), then optionally FiLM and SiLU, in one call::
+
+        forward(x, scale=None, shift=None, silu=False) = SiLU?(GroupNorm(x) * (1 + scale) + shift)
+
+    ``x [B, C, H, W]``, ``scale, shift [B, C, 1, 1]``. float32/float64 ``x``: nn.GroupNorm, ``addcmul``, SiLU, bit for
+    bit the plain ops. bf16/fp16 ``x`` (autocast, or a float16 model): GroupNorm runs in x's dtype with autocast
+    off and the affine weights cast to it (PyTorch still accumulates mean and variance in float32). Why: autocast
+    runs GroupNorm in float32, so every elementwise op up to the next convolution moved 4-byte values, and on CUDA
+    under channels_last each call also copied to NCHW: 45 % of the bf16 sampling step's GPU time was such copies
+    (shared/GPU-MEASUREMENTS.md, section 2). Without autograd, on CUDA, with ``kernels.enabled``: one fused Triton
+    kernel (``kernels.group_norm_film_silu``) reads x once in its own memory format and writes the result.
+    """
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                silu: bool = False) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16):
+            no_grad = not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            if no_grad and kernels.usable(x):
+                return kernels.group_norm_film_silu(x, self.num_groups, self.weight, self.bias, self.eps,
+                                                    scale, shift, silu)
+            with torch.autocast(x.device.type, enabled=False):
+                h = F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        else:
+            h = super().forward(x)
+        if scale is not None:
+            h = torch.addcmul(shift, h, 1 + scale)  # FiLM: GroupNorm(h) * (1 + scale) + shift, one fused pass
+        return F.silu(h) if silu else h
+
+
+def group_norm(channels: int, groups: int = 32) -> GroupNorm:
     """GroupNorm with ``groups`` groups as in DDPM, fewer (gcd) when ``channels`` is not a multiple (small presets)."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+    return GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):
@@ -91,13 +126,12 @@ class ResBlock(nn.Module):
         return t
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.norm1(x))  # not in place: autograd would save a clone of its input
+        h = self.norm1(x, silu=True)  # SiLU not in place: autograd would save a clone of its input
         h = self.conv1(self._resample(h))
         x = self._resample(x)
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
-        # FiLM: h = GroupNorm(h) * (1 + scale) + shift, one fused pass
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.norm2(h, scale, shift, silu=True)  # SiLU(GroupNorm(h) * (1 + scale) + shift): FiLM of gamma
+        h = self.conv2(self.dropout(h))
         # section 2.4: (skip + h) / sqrt(2); in place on conv2's output, which its backward does not need
         return h.add_(self.skip(x)).mul_(SKIP_SCALE)
 
@@ -122,11 +156,11 @@ class Attention(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, H*W, C/heads]
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        h = self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+        H, W = x.shape[-2:]
+        qkv = self.qkv(self.norm(x))  # [B, 3 C, H, W]: q, k, v stacked along channels, C = heads x d
+        q, k, v = rearrange(qkv, "b (qkv heads d) h w -> qkv b heads (h w) d", qkv=3, heads=self.heads)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, [B, heads, H*W, d]
+        h = self.proj(rearrange(h, "b heads (h w) d -> b (heads d) h w", h=H, w=W))
         return h.add_(x).mul_(SKIP_SCALE)
 
 
