@@ -27,6 +27,7 @@ __all__ = ["Tiled", "upscale_image", "estimate_cost"]
 
 # float32 [3, H, W] images alive at once in a tiled step: x_up, y_t, z, eps and its blend, the step's temporaries
 FULL_IMAGES = 10
+PROBE = 128   # side of the patch timed by estimate_cost (a whole tile's attention could itself be too large)
 
 
 class Tiled(torch.nn.Module):
@@ -107,8 +108,9 @@ def estimate_cost(model, x_shape, scale: int, steps: int, tile: int = 128, batch
     """What ``upscale_image`` of an LR batch of ``x_shape`` [B, 3, h, w] will ask for, before it runs:
     ``{"gib": memory, "seconds": time, "tiles": tiles per step}``. Memory: FULL_IMAGES float32 copies of the
     image plus one batch of tiles' activations (every level's feature maps, kept for the skips), a rough
-    figure (within ~2x). Time: one timed forward of a single tile times tiles x steps; measured only when the
-    image needs more than one tile (one tile runs in about the time of its first step)."""
+    figure (within ~2x). Time: one timed forward of a PROBE x PROBE patch, scaled by pixels to a tile, times
+    tiles x steps; measured only when the image needs more than one tile (one tile costs about what its first
+    step shows)."""
     B, _, h, w = x_shape
     pad_h, pad_w = _padding(model, x_shape, scale)
     H, W = scale * (h + pad_h), scale * (w + pad_w)
@@ -122,9 +124,10 @@ def estimate_cost(model, x_shape, scale: int, steps: int, tile: int = 128, batch
     seconds = 0.0
     if tiles > 1:
         p = next(model.parameters())
-        probe = torch.zeros(B, 3, th, tw, device=p.device)
+        side = min(th, tw, max(PROBE, model.multiple))
+        probe = torch.zeros(B, 3, side, side, device=p.device)
         with torch.no_grad():
             start = time.perf_counter()
             model(probe, probe, torch.full((B,), 0.5, device=p.device))
-            seconds = (time.perf_counter() - start) * tiles * steps
+            seconds = (time.perf_counter() - start) * th * tw / side ** 2 * tiles * steps   # convolutions: ~ pixels
     return {"gib": gib, "seconds": seconds, "tiles": tiles}

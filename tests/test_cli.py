@@ -288,3 +288,63 @@ def test_real_demo_with_the_bundled_model(tmp_path):
     (w, h), _ = size_of(tmp_path / "sr3_mini_demo.png")
     assert w > 2 * h
     print(f"demo with the bundled model: {seconds:.1f} s\n{r.stdout}")
+
+
+# ---- issue 13: bad input to train and upscale, the checkpoint's own schedule ----------------------------------
+TRAIN = ["train", "--preset", "tiny", "--crop", "16", "--batch-size", "2", "--steps", "1", "--val-every", "0",
+         "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("case, extra, phrase", [
+    ("crop", ["--crop", "128"], "larger than the training crops"),
+    ("preset", ["--preset", "nope"], "unknown preset"),
+    ("unet", ["--unet", "nokey=1"], "nokey"),
+    ("resume", ["--resume", "missing.pt"], "missing.pt"),
+    ("differs", ["--resume", "auto", "--kind", "regression"], "differ"),
+    ("data", ["--data", "not_a_folder"], "not a folder")])
+def test_train_errors_are_one_line_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys, one_thread, case, extra,
+                                                            phrase):
+    out = tmp_path / "run"
+    if case == "differs":
+        assert call([*TRAIN, "--out", out], tmp_path, monkeypatch, capsys)[0] == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    code, _, err = call([*TRAIN, "--out", out, *extra], tmp_path, monkeypatch, capsys)
+    assert_user_error(code, err, phrase)
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_upscale_samples_with_the_checkpoints_own_schedule(assets, tmp_path, monkeypatch, capsys, one_thread):
+    import sr3_mini.tiling
+    own = Schedule.linear(300, 1e-4, 0.05)
+    save_checkpoint(tmp_path / "own.pt", make_state(kind="sr3", model=tiny_unet(0), schedule=own, scale=4))
+    seen = []
+
+    def spy(model, x, schedule=None, **kw):
+        seen.append(schedule)
+        return torch.zeros(x.shape[0], 3, 4 * x.shape[-2], 4 * x.shape[-1])
+    monkeypatch.setattr(sr3_mini.tiling, "super_resolve", spy)
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", tmp_path / "o.png", "--checkpoint",
+                         tmp_path / "own.pt", "--steps", "7"], tmp_path, monkeypatch, capsys)
+    assert code == 0, err
+    torch.testing.assert_close(seen[0].gammas, own.respaced(7).gammas)
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", tmp_path / "p.png", "--checkpoint",
+                         tmp_path / "own.pt", "--steps", "301"], tmp_path, monkeypatch, capsys)
+    assert_user_error(code, err, "300 steps")
+
+
+def test_upscale_refuses_tiles_without_overlap_and_runs_beyond_the_limits(assets, tmp_path, monkeypatch, capsys,
+                                                                          one_thread):
+    args = ["upscale", assets / "lr_wide.png", "-o", tmp_path / "o.png"]
+    code, _, err = call([*args, "--tile", "4"], tmp_path, monkeypatch, capsys, data=assets / "data")
+    assert_user_error(code, err, "no overlap")                  # 4 x 4 = 16 HR pixels < 4 x multiple (8)
+    code, _, err = call([*args, "--max-gib", "0.0001"], tmp_path, monkeypatch, capsys, data=assets / "data")
+    assert_user_error(code, err, "GiB", "--max-gib")
+    assert not (tmp_path / "o.png").exists()
+    with pytest.raises(ValueError, match="overlap"):
+        Tiled(Pointwise(), 24)
+
+
+def test_a_4000_by_3000_input_is_estimated_before_it_runs(one_thread):
+    from sr3_mini.tiling import estimate_cost
+    cost = estimate_cost(tiny_unet(0), (1, 3, 3000, 4000), 4, steps=100)
+    assert cost["gib"] > 8 and cost["tiles"] > 500 and cost["seconds"] > 3600

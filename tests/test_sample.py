@@ -265,3 +265,24 @@ def test_cuda_run_matches_cpu_with_a_cpu_generator_and_bf16_autocast_runs(monkey
     y_0 = images(B=2, H=16, W=16).cuda()
     y = ddim_loop(Oracle(y_0), y_0, default_inference_schedule(20), generator=g_cuda, progress=False)
     torch.testing.assert_close(y, y_0, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad, phrase", [("uint8", "dtype"), ("0..255", r"\[-1, 1\]"), ("nan", "NaN")])
+def test_super_resolve_refuses_what_is_not_an_image_in_minus_one_one(bad, phrase):
+    y = images(B=1, H=16, W=16, amp=0.5)
+    x = downsample(y, 4)
+    x = {"uint8": ((x + 1) * 127.5).to(torch.uint8), "0..255": (x + 1) * 127.5,
+         "nan": x.masked_fill(torch.zeros_like(x, dtype=torch.bool).index_fill(-1, torch.tensor([1]), True),
+                              float("nan"))}[bad]
+    with pytest.raises(ValueError, match=phrase):
+        super_resolve(Oracle(y), x, steps=3, generator=gen(0), progress=False)
+
+
+def test_super_resolve_warns_on_a_zero_one_image_and_fails_on_a_non_finite_sample():
+    y = images(B=1, H=16, W=16, amp=0.5)
+    x = downsample(y, 4)
+    with pytest.warns(UserWarning, match="0..1"):
+        super_resolve(Oracle(y), (x + 1) / 2, steps=3, generator=gen(0), progress=False)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        super_resolve(lambda y_t, x_up, g: torch.full_like(y_t, float("inf")), x, steps=3, generator=gen(0),
+                      progress=False, clip=False)             # clip=True would clamp y^_0 back into range
