@@ -107,10 +107,19 @@ def test_one_step_of_10_has_stated_mean_and_variance(variance):
 
 
 def test_paper_and_posterior_variances_differ_little_except_at_the_first_step():
-    """The note's remark under (10): sigma^2 = 1 - alpha_t vs the posterior's; equal ratio -> 1 as t grows."""
-    t = torch.arange(2, S.T + 1)
-    ratio = (1 - S.gamma(t - 1)) / (1 - S.gamma(t))   # posterior / paper
-    assert (ratio < 1).all() and ratio[-1] > 0.99
+    """The note's remark under (10): sigma^2 = 1 - alpha_t vs the posterior's, read off p_sample_step (y_t = 0,
+    eps = 0, z = 1 leaves y_{t-1} = sigma_t) for every t at once. The posterior variance is checked against
+    Bayes' rule for the Gaussian product q(y_{t-1} | y_0) q(y_t | y_{t-1}): precisions add,
+    1/sigma^2 = 1/(1 - gamma_{t-1}) + alpha_t/(1 - alpha_t). Their ratio is 0 at t = 1 and -> 1 as t grows."""
+    t = torch.arange(1, S.T + 1)
+    zeros, ones = torch.zeros(S.T, 1, dtype=F64), torch.ones(S.T, 1, dtype=F64)
+    a, g, g_prev = S.alpha(t), S.gamma(t), S.gamma(t - 1)
+    sigma = {v: D.p_sample_step(zeros, zeros, a, g, g_prev, ones, variance=v)[:, 0] for v in ("paper", "posterior")}
+    torch.testing.assert_close(sigma["paper"] ** 2, 1 - a, rtol=1e-12, atol=0)
+    precision = a / (1 - a) + torch.where(t > 1, 1 / (1 - g_prev).clamp(min=1e-300), math.inf)  # t = 1: y_0 known
+    torch.testing.assert_close(sigma["posterior"] ** 2, 1 / precision, rtol=1e-12, atol=1e-300)
+    ratio = (sigma["posterior"] / sigma["paper"]) ** 2
+    assert ratio[0] == 0 and (ratio[1:] < 1).all() and (ratio[1:].diff() > 0).all() and ratio[-1] > 0.99
 
 
 def test_loss_6():
