@@ -8,11 +8,16 @@ process, and are timed INTERLEAVED (sr3_mini, diffusers, sr3_mini, ...): medians
 - training step: Algorithm 1's update (``diffusion.q_sample`` (5), forward, loss (6) with p = 1, backward,
   Adam); peak memory (CUDA: ``torch.cuda.max_memory_allocated``; CPU: live tensor bytes from the allocation
   events of ``torch.profiler``), both counted as the model's parameters + Adam state + the step's peak on top;
-- sampling step: one forward under ``torch.inference_mode``; a whole 100-step image by the real sampler
+- sampling step: one forward under ``torch.no_grad`` (as the sampler runs it); a whole 100-step image by the real sampler
   (``sample.super_resolve``, Algorithm 2) on CUDA, extrapolated as 100 x the step time on CPU;
 - FLOPs per forward (``torch.utils.flop_counter.FlopCounterMode``) and the FLOP/s achieved; on CUDA the
   bf16 matmul peak (8192^3, CUDA events), the FLOP-bound limit the sampling step is held against;
-- ``sr3_mini / diffusers`` for each, and PASS/MISS for the goals in ``GOALS``.
+- ``sr3_mini / diffusers`` for each, and PASS/MISS for the goals in ``GOALS``;
+- compiled rows (``--compile``, default on CUDA): both networks through ``accel.compile_net`` (``torch.compile``,
+  ``dynamic=False``; the sampling step also as CUDA graphs, ``mode="reduce-overhead"``), the 100-step image by
+  ``super_resolve(compile=True)`` for both; on CUDA also sr3_mini's eager step with the fused GroupNorm kernel;
+  then each network's best path against the other's. Phases run while ``--budget`` seconds last (compiling
+  ``sr3_16_128`` takes about a minute per configuration); the table is saved after each phase.
 """
 from __future__ import annotations
 
@@ -38,13 +43,15 @@ if importlib.util.find_spec("sr3_mini") is None:  # not pip-installed (the GPU m
 sys.path.insert(0, str(HERE))
 
 from peer import build_peer, num_params  # noqa: E402
+from sr3_mini import accel, kernels  # noqa: E402
 from sr3_mini import diffusion as D  # noqa: E402
 from sr3_mini.sample import super_resolve  # noqa: E402
 from sr3_mini.unet import UNet  # noqa: E402
 
 SETTINGS = {  # lr -> hr: x is lr x lr, y is size x size
     "cpu": dict(preset="mini", size=64, lr=16, batch=16, amp=None, channels_last=False, warmup=1, reps=5),
-    "cuda": dict(preset="sr3_16_128", size=128, lr=16, batch=16, amp="bf16", channels_last=True, warmup=3,
+    # NCHW on CUDA: accel.MEMORY_FORMATS (measured faster than channels_last on the H200, eager and compiled)
+    "cuda": dict(preset="sr3_16_128", size=128, lr=16, batch=16, amp="bf16", channels_last=False, warmup=3,
                  reps=10),
 }
 GOALS = {"train_ratio": 0.8, "memory_ratio": 1.0, "sampling_peak_fraction": 0.5}
@@ -59,7 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, help="batch of the training and sampling steps (default 16)")
     p.add_argument("--reps", type=int, help="timed repetitions per model (after warm-up)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both networks first")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time both networks compiled (default: on for cuda, off for cpu)")
+    p.add_argument("--budget", type=float, default=420.0,
+                   help="seconds for the whole run: later phases (compiled training, extras) are left out after it")
     p.add_argument("--no-extras", action="store_true", help="skip the sampling speed-up table")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of both networks, to --out")
     p.add_argument("--candidate", metavar="DIR",
@@ -179,16 +189,16 @@ class Bench:
 
     def sample_step(self):
         self.net.eval()
-        with torch.inference_mode():
+        with torch.no_grad():  # as the sampler runs it: a compiled step then shares its graph with super_resolve
             self.forward()
 
-    def sample_image(self, steps: int = 100):
-        """The real sampler (Algorithm 2) for ``steps`` steps on the batch's LR images."""
+    def sample_image(self, steps: int = 100, compile: bool = False):
+        """The real sampler (Algorithm 2) for ``steps`` steps on the batch's LR images (compiled: ``compile``)."""
         self.net.eval()
         scale = self.s["size"] // self.s["lr"]
         gen = torch.Generator(self.device).manual_seed(0)
         super_resolve(self.net, self.x_lr, steps=steps, generator=gen, progress=False, autocast=self.s["amp"],
-                      scale=scale)
+                      scale=scale, compile=compile)
 
     def peak_memory(self) -> int:
         self.opt.zero_grad(set_to_none=True)
@@ -242,6 +252,8 @@ def measure(args, save) -> dict:
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     gen = torch.Generator().manual_seed(0)
+    if args.compile is None:
+        args.compile = device == "cuda"
     r = dict(settings=s, device=device, machine=machine(device), torch=torch.__version__,
              diffusers=__import__("diffusers").__version__, python=platform.python_version(),
              command="python benchmarks/run.py " + " ".join(shlex.quote(a) for a in args.argv),
@@ -249,7 +261,9 @@ def measure(args, save) -> dict:
              candidate=args.candidate, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
     compare(r, args, gen)  # its networks are freed when it returns
     save(r)
-    if not args.no_extras:
+    if args.compile:
+        compiled(r, args, gen, save)
+    if not args.no_extras and time.monotonic() < args.deadline - 30:
         if device == "cuda":
             torch.cuda.empty_cache()
         r["extras"] = speedups(device, s, gen, args.quick)
@@ -261,8 +275,6 @@ def compare(r: dict, args, gen) -> None:
     """sr3_mini against diffusers (and the candidate): every row of the main table, into ``r``."""
     s, device = r["settings"], r["device"]
     nets = build(s, device, args.candidate)
-    if args.compile:
-        nets = {k: torch.compile(v) for k, v in nets.items()}
     benches = {k: Bench(v, s, device, s["batch"], gen) for k, v in nets.items()}
     each = lambda method: {k: getattr(b, method) for k, b in benches.items()}  # noqa: E731
     r["params"] = {k: num_params(v) for k, v in nets.items()}
@@ -279,6 +291,122 @@ def compare(r: dict, args, gen) -> None:
         r["image_100"] = interleaved(device, each("sample_image"), 0, 1)
     if args.profile:
         r["profile"] = profile_tables(device, benches)
+
+
+def compiled(r: dict, args, gen, save) -> None:
+    """The compiled rows, one phase at a time while ``args.deadline`` allows, into ``r["compiled"]``, saved after
+    each: (1) the sampling step of both networks compiled (as CUDA graphs on CUDA), (2) the 100-step image by
+    ``super_resolve(compile=True)`` (CUDA: measured; CPU: 100 x step), (3) on CUDA with Triton, sr3_mini's eager
+    step with the fused GroupNorm kernel, (4) the compiled training step. The first call of each compiled
+    configuration is timed apart as its compile time."""
+    s, device = r["settings"], r["device"]
+    cuda, c = device == "cuda", r.setdefault("compiled", {"compile_s": {}})
+    w, n = s["warmup"], max(s["reps"], 3)
+    nets = build(s, device)
+    benches = {k: Bench(v, s, device, s["batch"], gen) for k, v in nets.items()}
+
+    def first_call(label, fn):
+        t0 = time.monotonic()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        c["compile_s"][label] = time.monotonic() - t0
+
+    for k, b in benches.items():                                  # (1) sampling step
+        b.net = accel.compile_net(nets[k], cuda_graphs=cuda)
+        first_call(f"{k} sampling", b.sample_step)
+    c["sample"] = interleaved(device, {k: b.sample_step for k, b in benches.items()}, w, n)
+    save(r)
+    if cuda and time.monotonic() < args.deadline - 60:           # (2) the real sampler, compiled
+        for k, b in benches.items():
+            b.net = nets[k]
+            first_call(f"{k} super_resolve", lambda: b.sample_image(steps=2, compile=True))
+        c["image_100"] = interleaved(device, {k: lambda b=b: b.sample_image(compile=True)
+                                              for k, b in benches.items()}, 0, 1)
+        save(r)
+    if cuda and importlib.util.find_spec("triton") and time.monotonic() < args.deadline - 30:  # (3) fused kernel
+        b = Bench(nets["sr3_mini"], s, device, s["batch"], gen)
+
+        def fused_step():
+            kernels.enabled = True
+            try:
+                b.sample_step()
+            finally:
+                kernels.enabled = False
+        fused_step()
+        c["fused"] = interleaved(device, {"eager": b.sample_step, "fused": fused_step}, w, n)
+        save(r)
+    if time.monotonic() < args.deadline - (150 if cuda else 600):  # (4) training step, compiled
+        for k, b in benches.items():
+            b.net = accel.compile_net(nets[k])
+            first_call(f"{k} training", b.train_step)
+        c["train"] = interleaved(device, {k: b.train_step for k, b in benches.items()}, w, s["reps"])
+        save(r)
+
+
+def compiled_table(r: dict) -> str:
+    """Compiled rows (like for like: both compiled the same way), then each network's best path."""
+    s, c, names = r["settings"], r["compiled"], ("sr3_mini", "diffusers")
+    verdict = lambda ok: "**PASS**" if ok else "**MISS**"  # noqa: E731
+    ms = lambda x: f"{x * 1e3:,.1f}"  # noqa: E731
+    rows = []
+
+    def row(label, v, fmt, goal=""):
+        ratio = v["sr3_mini"] / v["diffusers"] if v["diffusers"] else float("nan")
+        rows.append(f"| {label} | {fmt(v['sr3_mini'])} | {fmt(v['diffusers'])} | {ratio:.2f} | "
+                    f"{goal(v, ratio) if goal else ''} |")
+
+    peak = r.get("matmul_peak")
+    pct = lambda t: {k: 100 * r["flops_forward"][k] / t[k] / peak for k in names}  # noqa: E731
+    peak_goal = lambda v, ratio: f"≥ 50%: {verdict(v['sr3_mini'] >= 50)}"  # noqa: E731
+    best = {}
+    for what in ("train", "sample", "image_100"):  # best of eager and compiled, per network
+        if what in r or what in c:
+            best[what] = {k: min((median(d[what][k]), tag) for d, tag in ((r, "eager"), (c, "compiled"))
+                                 if what in d) for k in names}
+    fused = c.get("fused")
+    if fused and median(fused["fused"]) < best["sample"]["sr3_mini"][0]:
+        best["sample"]["sr3_mini"] = (median(fused["fused"]), "eager, fused GroupNorm")
+    compile_s = {k: sum(v for lb, v in c["compile_s"].items() if lb.startswith(k)) for k in names}
+    row("first calls (compilation), s in all", compile_s, lambda x: f"{x:,.0f}")
+    if "train" in c:
+        row("training step, compiled, ms", {k: median(c["train"][k]) for k in names}, ms,
+            lambda v, ratio: f"≤ 0.8: {verdict(ratio <= 0.8)}")
+    ts = {k: median(c["sample"][k]) for k in names}
+    row("sampling step, compiled" + (" (CUDA graphs)" if r["device"] == "cuda" else "") + ", ms", ts, ms)
+    if peak:
+        row(f"sampling, compiled, % of the bf16 matmul peak ({peak / 1e12:,.0f} TFLOP/s)", pct(ts),
+            lambda x: f"{x:.1f}%", peak_goal)
+    if "image_100" in c:
+        row("100-step `super_resolve(compile=True)`, s per image, measured",
+            {k: median(c["image_100"][k]) / s["batch"] for k in names}, lambda x: f"{x:.3f}",
+            lambda v, ratio: f"≤ 0.15 s: {verdict(v['sr3_mini'] <= 0.15)}")
+    else:
+        row(f"100-step image, compiled, s per batch of {s['batch']} (100 x sampling step)",
+            {k: 100 * ts[k] for k in names}, lambda x: f"{x:.1f}")
+    tag = lambda what: " / ".join(best[what][k][1] for k in names)  # noqa: E731
+    if "train" in best:
+        row(f"**best** training step, ms ({tag('train')})", {k: best["train"][k][0] for k in names}, ms,
+            lambda v, ratio: f"≤ 0.8: {verdict(ratio <= 0.8)}")
+    row(f"**best** sampling step, ms ({tag('sample')})", {k: best["sample"][k][0] for k in names}, ms)
+    if peak:
+        row("**best** sampling, % of the bf16 matmul peak", pct({k: best["sample"][k][0] for k in names}),
+            lambda x: f"{x:.1f}%", peak_goal)
+    if "image_100" in best:
+        row(f"**best** 100-step image, s per image ({tag('image_100')})",
+            {k: best["image_100"][k][0] / s["batch"] for k in names}, lambda x: f"{x:.3f}",
+            lambda v, ratio: f"≤ 0.15 s: {verdict(v['sr3_mini'] <= 0.15)}")
+    lines = ["Compiled, like for like (both networks through `accel.compile_net`), then each network's best path "
+             "(fastest of eager and compiled" + (", and for sr3_mini the fused GroupNorm kernel" if fused else "")
+             + "):", "", "| | sr3_mini | diffusers | sr3_mini / diffusers | goal (for sr3_mini) |",
+             "|---|---|---|---|---|", *rows]
+    if "train" not in c:
+        lines += ["", "The compiled training step was not reached within `--budget` (about 150 s of compilation "
+                  "for the two networks): `python benchmarks/run.py --device cuda --budget 600` measures it."]
+    if fused:
+        lines += ["", f"sr3_mini's eager sampling step with the fused GroupNorm + FiLM + SiLU kernel: "
+                  f"{ms(median(fused['fused']))} ms against {ms(median(fused['eager']))} ms without it."]
+    return "\n".join(lines)
 
 
 def speedups(device: str, s: dict, gen, quick: bool) -> list:
@@ -402,7 +530,7 @@ def section(r: dict) -> str:
             f"- date: {r['date']}; command: `{r['command']}`",
             f"- machine: {r['machine']}{load}",
             f"- torch {r['torch']}, diffusers {r['diffusers']}, python {r['python']}"
-            + ("; all networks `torch.compile`d" if r["compile"] else ""),
+            + ("; compiled rows: `accel.compile_net` (torch.compile, dynamic=False)" if r["compile"] else ""),
             f"- setting: preset `{s['preset']}`, {s['lr']}→{s['size']}, batch {s['batch']}, "
             f"{s['amp'] or 'fp32'}, {fmt}; medians of {s['reps']} interleaved repetitions after {s['warmup']} "
             f"warm-up(s); training = forward + loss (6) + backward + Adam",
@@ -410,6 +538,8 @@ def section(r: dict) -> str:
     if r.get("candidate"):
         text += [f"- candidate: the sr3_mini package in `{r['candidate']}` (a proposed change), same config"]
     text += ["", table(r)]
+    if r.get("compiled", {}).get("sample"):
+        text += ["", compiled_table(r)]
     if r.get("extras"):
         preset, size = ("mini", 64) if dev == "cpu" else (s["preset"], s["size"])
         text += ["", f"Sampling speed-ups of sr3_mini alone (one sampling step, preset `{preset}`, {size}×{size}; "
@@ -459,6 +589,7 @@ def main(argv=None) -> dict:
         if "profile" in r:
             (out / f"profile_{args.device}.txt").write_text("".join(f"== {k}\n{v}\n" for k, v in r["profile"].items()))
 
+    args.deadline = time.monotonic() + args.budget
     r = measure(args, save)
     print(section(r))
     return r
