@@ -30,6 +30,7 @@ __all__ = ["enabled", "usable", "group_norm_film_silu"]
 
 enabled = os.environ.get("SR3_MINI_FUSED_GROUPNORM", "") == "1"
 _built: dict = {}  # interpret (bool) -> the jitted kernel
+_has_triton: list = []  # [bool] once looked up: usable() runs for every GroupNorm call
 
 
 def _interpret() -> bool:
@@ -39,7 +40,11 @@ def _interpret() -> bool:
 def usable(x: torch.Tensor) -> bool:
     """Whether ``group_norm_film_silu`` may run on x: enabled, Triton installed, x on CUDA (or the interpreter),
     not inside ``torch.compile``'s tracing, and a layout with ``stride(H) = W stride(W)``."""
-    if not enabled or torch.compiler.is_compiling() or importlib.util.find_spec("triton") is None:
+    if not enabled or torch.compiler.is_compiling():
+        return False
+    if not _has_triton:
+        _has_triton.append(importlib.util.find_spec("triton") is not None)
+    if not _has_triton[0]:
         return False
     return (x.is_cuda or _interpret()) and x.ndim == 4 and x.stride(2) == x.shape[3] * x.stride(3)
 
