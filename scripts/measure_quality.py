@@ -1,11 +1,11 @@
 """The bundled models on the two held-out sets, over several sampling seeds: the figures of data/MODEL_CARD.md.
 
-    python scripts/measure_quality.py                                  # everything below, ~40 min on 2 CPU cores
+    python scripts/measure_quality.py --sets eval --variances paper --seeds 0 1 2     # ~30 min on one CPU core
     python scripts/measure_quality.py --sets other --variances paper posterior --seeds 0 1 2
 
 Sets: ``eval`` = ``data/eval`` (8 photos, 256x256, never trained on), ``other`` = ``data/eval_other`` (16 crops
-of 128x128 from another photographers' collection, never trained on). Each set is one batch; x = the
-anti-aliased bicubic x1/4 of each photo. Methods: bicubic, the regression baseline, and SR3 once per
+of 128x128 from another photographers' collection, never trained on); x = the anti-aliased bicubic x1/4 of each
+photo. SR3 samples each image with its own generator seeded with the seed, as ``sr3-mini evaluate`` does. Methods: bicubic, the regression baseline, and SR3 once per
 (variance, seed) with ``super_resolve``'s other defaults (DDPM, ``--steps`` steps of the training schedule,
 y^_0 clipped). Scores: ``sr3_mini.metrics.scores`` (PSNR, SSIM, consistency, sharpness), means over the set.
 
@@ -83,8 +83,11 @@ def main(argv=None) -> int:
             for variance in args.variances:
                 for seed in args.seeds:
                     t = time.perf_counter()
-                    y_hat = super_resolve(sr3, x, steps=args.steps, variance=variance, progress=False,
-                                          generator=torch.Generator().manual_seed(seed))
+                    # one generator per image, seeded alike, as `sr3-mini evaluate --seed` does: the seed-0 rows of
+                    # the eval set are that command's SR3 figures
+                    y_hat = torch.cat([super_resolve(sr3, x[i:i + 1], steps=args.steps, variance=variance,
+                                                     progress=False, generator=torch.Generator().manual_seed(seed))
+                                       for i in range(len(x))])
                     rows.append({**base, "method": "SR3", "variance": variance, "seed": seed,
                                  **_means(y_hat, y, x)})
                     print(f"{name} SR3 {variance} seed {seed}: {_fmt(rows[-1])} ({time.perf_counter() - t:.0f} s)",

@@ -1,24 +1,21 @@
 """Figures and widgets for the notebooks: the forward process (3)/(5) and the reverse trajectories (7)-(10)
-made visible. Equation numbers are those of ``shared/paper/EQUATIONS.md``.
+made visible. Equation numbers are those of ``shared/paper/EQUATIONS.md``. Relies on: diffusion, schedule.
 
 Every function here is pure: it takes tensors (and a ``Schedule``) and returns a matplotlib ``Figure`` or an
 ipywidgets box; it draws no random numbers (the caller passes ``noise``). A static figure and its widget are
 built from the same frames, so what GitHub shows (the grid) is what the slider shows (the widget):
-
-- ``to_display``: ``[3, H, W]`` in [-1, 1] -> ``[H, W, 3]`` numpy in [0, 1].
-- ``forward_frames``: y_t by (5) for several t with ONE fixed eps, ``[len(ts), 3, H, W]``.
-- ``image_grid``, ``comparison_grid``, ``trajectory_grid``, ``schedule_figure``: static figures.
-- ``demo_figure`` (the CLI's comparison), ``plot_log`` (a run's loss curves), ``plot_schedule_search``.
-- ``yt_widget``, ``trajectory_widget``, ``forward_reverse_widget`` (forward (5) beside the sampler at the same t):
-  an ``IntSlider`` (+ ``Play``) and an ``Image`` showing a PNG.
+``to_display`` ([3, H, W] in [-1, 1] -> [H, W, 3] in [0, 1]); ``forward_frames`` (y_t by (5) for several t with
+ONE fixed eps); static figures ``image_grid``, ``comparison_grid``, ``trajectory_grid``, ``schedule_figure``,
+``demo_figure`` (the CLI's), ``plot_log`` (a run's curves), ``plot_schedule_search``; and widgets ``yt_widget``,
+``trajectory_widget``, ``forward_reverse_widget`` (forward (5) beside the sampler at the same t): an
+``IntSlider`` (+ ``Play``) and an ``Image`` showing a PNG (the schedule explorer is in ``viz_schedule``).
 
 Widgets use only what ipywidgets 7.7 (Colab) and 8 share, and ipywidgets is imported inside the factories, so
 the library imports where no notebook front end exists. A widget can be driven without a browser: set
 ``box.slider.value = k``, then ``box.current_frame`` is the frame just drawn, equal to ``box.frame_for(k)``.
 In a notebook: the static grid first (nbval compares its ``<Figure size ...>`` line, GitHub shows its PNG; the
-kernel needs ``%matplotlib inline``, since nbval runs it with MPLBACKEND=Agg), then the widget in a cell tagged
-``nbval-ignore-output``. The browser test finds the slider by its CSS class and the picture as ``img.sr3-frame``.
-Relies on: diffusion (q_sample), schedule.
+kernel needs ``%matplotlib inline``), then the widget in a cell tagged ``nbval-ignore-output``. The browser test
+finds the slider by its CSS class and the picture as ``img.sr3-frame``.
 """
 from __future__ import annotations
 
@@ -196,7 +193,6 @@ def plot_schedule_search(rows: list, path, metrics=("psnr", "ssim", "consistency
     return path
 
 
-# ---- widgets -------------------------------------------------------------------------------------------------
 def yt_widget(y_0: torch.Tensor, schedule: Schedule, noise: torch.Tensor, t_init: int | None = None,
               play_step: int | None = None, figsize=(4.0, 4.3), dpi: int = 80):
     """A slider over t = 0..T showing y_t = ``forward_frames(y_0, schedule, [t], noise)[0]`` (the same fixed
@@ -222,12 +218,10 @@ def yt_widget(y_0: torch.Tensor, schedule: Schedule, noise: torch.Tensor, t_init
 
 def trajectory_widget(frames_y_t, frames_y0_hat, ts, extra: dict | None = None, k_init: int = 0,
                       slider_class: str = "k-slider", figsize=None, dpi: int = 80):
-    """A slider over the snapshots k = 0..K-1 of a reverse-process run (``sample.Trajectory``: noisiest first),
-    showing y_t and the prediction y^_0 of (8) side by side, plus fixed ``extra`` panels (e.g.
-    ``{"x (LR)": x, "y_0 (HR)": y_0}``, each ``[3, H, W]``). ``frames_*`` are ``[K, 3, H, W]`` (take one batch
-    element of a trajectory: ``traj.y_t[:, 0]``); ``ts[k]`` labels snapshot k. Same pattern as ``yt_widget``:
-    attributes ``slider`` (class ``slider_class``), ``play``, ``image``, ``frame_for(k) -> (y_t, y0_hat)``, and
-    ``current_value`` / ``current_frame``: the k and the pair last drawn."""
+    """A slider over the snapshots k = 0..K-1 of a reverse run (``sample.Trajectory``, noisiest first): y_t and
+    y^_0 of (8) side by side, plus fixed ``extra`` panels (``{"x (LR)": x}``, each ``[3, H, W]``). ``frames_*``
+    ``[K, 3, H, W]`` (one batch element: ``traj.y_t[:, 0]``), ``ts[k]`` labels snapshot k. As ``yt_widget``, with
+    ``frame_for(k) -> (y_t, y0_hat)``; the slider has CSS class ``slider_class``."""
     frames_y_t, frames_y0_hat = _check_trajectory(frames_y_t, frames_y0_hat, ts)
     extra = dict(extra or {})
     K = len(ts)
@@ -247,9 +241,8 @@ def trajectory_widget(frames_y_t, frames_y0_hat, ts, extra: dict | None = None, 
 
 
 def forward_reverse_frames(y_0: torch.Tensor, noise: torch.Tensor, gammas, frames_y_t, frames_y0_hat) -> torch.Tensor:
-    """Forward and reverse at the same noise level: for each snapshot k of a reverse run, y_t from (5) at
-    ``gammas[k]`` with the fixed ``noise``, the sampler's y_t and its y^_0 (8). ``y_0``, ``noise`` ``[3, H, W]``;
-    ``frames_*`` ``[K, 3, H, W]``. Returns ``[K, 3, 3, H, W]`` (k, panel, ...)."""
+    """For each snapshot k of a reverse run: y_t from (5) at ``gammas[k]`` with the fixed ``noise``, the sampler's
+    y_t and its y^_0 (8). ``y_0``, ``noise`` ``[3, H, W]``; ``frames_*`` ``[K, 3, H, W]`` -> ``[K, 3, 3, H, W]``."""
     forward = torch.stack([D.q_sample(y_0, float(g), noise) for g in gammas])
     return torch.stack([forward, frames_y_t, frames_y0_hat], dim=1)
 
@@ -299,7 +292,6 @@ def _slider_box(render, low: int, high: int, value: int, description: str, css_c
     return box
 
 
-# ---- helpers ---------------------------------------------------------------------------------------------------
 def _show(ax, im: torch.Tensor, title) -> None:
     ax.imshow(to_display(im), interpolation="nearest")
     ax.set_axis_off()
