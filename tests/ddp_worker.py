@@ -1,11 +1,16 @@
-"""Worker for tests/test_train.py::test_ddp_matches_one_process: ``torchrun --nproc_per_node=2 ddp_worker.py OUT``.
+"""Worker for tests/test_train.py::test_ddp_two_processes_match_one_process_with_the_global_batch:
+``torchrun --nproc_per_node=2 ddp_worker.py OUT [PHOTOS]``.
 
 Each rank trains the tiny config with DDP (gloo on CPU) through ``sr3_mini.train.train`` and saves its final
 weights to OUT/rank{r}.pt, so the test can check that the ranks agree and match a single process whose batch is
-the global batch.
+the global batch. With PHOTOS (a folder of images) the ranks load it as ``--data``: each rank then appends
+to OUT/rank{r}_cache.jsonl whether its ``FolderCrops`` was read from the crop cache, and rank 0 writes that
+cache a second late, so a rank that did not wait for rank 0 finds no cache and builds (and writes) its own.
 """
+import json
 import os
 import sys
+import time
 
 import torch
 
@@ -17,13 +22,33 @@ def make_pool() -> torch.Tensor:
     return torch.randint(0, 256, (24, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(123))
 
 
-def ddp_config(out_dir: str, batch_size: int) -> TrainConfig:
+def ddp_config(out_dir: str, batch_size: int, data: str = "") -> TrainConfig:
     return TrainConfig(preset="tiny", crop=16, batch_size=batch_size, grad_accum=2, steps=3, lr=1e-3,
                        warmup_steps=2, val_every=0, log_every=1, save_every=3, progress=False, out_dir=out_dir,
-                       device="cpu")
+                       device="cpu", data=data, val_size=1)
+
+
+def record_cache_use(out: str, rank: int) -> None:
+    """Log each FolderCrops' ``from_cache`` for this rank; on rank 0, write the cache one second late."""
+    import numpy as np
+
+    from sr3_mini import data
+    init = data.FolderCrops.__init__
+
+    def logged(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        with open(os.path.join(out, f"rank{rank}_cache.jsonl"), "a") as f:
+            f.write(json.dumps({"from_cache": self.from_cache}) + "\n")
+    data.FolderCrops.__init__ = logged
+    if rank == 0:
+        save = np.savez_compressed
+        np.savez_compressed = lambda *args, **kwargs: (time.sleep(1.0), save(*args, **kwargs))[1]
 
 
 if __name__ == "__main__":
     out, rank = sys.argv[1], int(os.environ["RANK"])
-    result = train(ddp_config(out, batch_size=2), pool=make_pool())
+    photos = sys.argv[2] if len(sys.argv) > 2 else ""
+    if photos:
+        record_cache_use(out, rank)
+    result = train(ddp_config(out, batch_size=2, data=photos), pool=None if photos else make_pool())
     torch.save(result["model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
