@@ -1,4 +1,4 @@
-"""Reference answers to the exercises of notebooks 02-05 and 09, and the answers to their open questions.
+"""Reference answers to the exercises of notebooks 02-09, and the answers to the open questions of 02, 03 and 09.
 
 Each exercise in a notebook has a blank (``return ...``) and a check cell that calls ``check(name, test, fn)``:
 it prints one line, *right*, *wrong* (with the first line of the reason) or *not attempted yet*. The check cells
@@ -189,3 +189,66 @@ def my_attention_blocks(name):
 def my_multiple(name):
     from sr3_mini.unet import PRESETS
     return 2 ** (len(PRESETS[name]["channel_mults"]) - 1)
+
+
+# ---- notebook 06: training -------------------------------------------------------------------------------------
+def my_lr(step, lr, warmup_steps):
+    # linear from 0 to lr over warmup_steps updates (update numbers are 1-based), then constant
+    return lr * min(1.0, step / warmup_steps) if warmup_steps > 0 else lr
+
+
+def my_ema(ema_params, params, decay):
+    return [decay * e + (1 - decay) * p for e, p in zip(ema_params, params)]
+
+
+def my_sr3_loss(net, y_0, x_up, gamma, eps, p):
+    g = gamma.view(-1, 1, 1, 1)
+    y_t = g.sqrt().float() * y_0 + (1 - g).sqrt().float() * eps            # (5)
+    return (net(y_t, x_up, gamma.float()) - eps).abs().pow(p).mean()         # (6)
+
+
+# ---- notebook 07: sampling and evaluation ----------------------------------------------------------------------
+def my_psnr(a, b):
+    mse = ((a.double() - b.double()) ** 2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(4 / mse)                                          # peak-to-peak 2 on [-1, 1]
+
+
+def my_consistency(x, y_hat):
+    from sr3_mini.resize import downsample
+    return ((downsample(y_hat, 4).double() - x.double()) / 2).pow(2).mean(dim=(1, 2, 3))   # on [0, 1]
+
+
+def my_gamma_T(steps, beta_end):
+    import numpy as np
+    return float(np.prod(1 - np.linspace(1e-4, beta_end, steps)))
+
+
+def my_usable(threshold, step_options, end_options):
+    return [(s, e) for s in step_options for e in end_options if my_gamma_T(s, e) < threshold]
+
+
+def my_variance_ratio_at(schedule, t):
+    # (4) over (10): (1 - gamma_{t-1}) / (1 - gamma_t)
+    return ((1 - schedule.gamma(t - 1)) / (1 - schedule.gamma(t))).item()
+
+
+# ---- notebook 08: cascading -------------------------------------------------------------------------------------
+def my_cascade(models_and_steps, x, generator):
+    from sr3_mini.sample import super_resolve
+    for model, steps in models_and_steps:
+        x = super_resolve(model, x, steps=steps, generator=generator, progress=False)
+    return x
+
+
+def my_stage_share(steps_1, steps_2, f_1, f_2):
+    return steps_2 * f_2 / (steps_1 * f_1 + steps_2 * f_2)
+
+
+def my_x16(y):
+    from sr3_mini.resize import downsample
+    return downsample(y, 16)
+
+
+def my_x4x4(y):
+    from sr3_mini.resize import downsample
+    return downsample(downsample(y, 4), 4)

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{demo,upscale,evaluate,train}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default 0)")
+    common.add_argument("--variance", choices=("paper", "posterior"),
+                        help="sigma_t^2 of (10): the paper's 1 - alpha_t or the posterior's (default: the library's)")
     common.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     common.add_argument("--tile", type=_int_at_least(1), default=DEFAULT_TILE,
                         help=f"tile side in LR pixels for large images (default {DEFAULT_TILE})")

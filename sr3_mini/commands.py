@@ -129,7 +129,8 @@ def _methods(sr3, regression, x, scale, args, progress):
     if regression is not None:
         out["regression"] = upscale_image(regression, "regression", x, scale, tile=args.tile)
     g = torch.Generator().manual_seed(args.seed)      # per image: a result does not depend on the others
-    out["SR3"] = upscale_image(sr3, "sr3", x, scale, args.steps, g, args.tile, progress, args.schedule)
+    out["SR3"] = upscale_image(sr3, "sr3", x, scale, args.steps, g, args.tile, progress, args.schedule,
+                               args.variance)
     return out
 
 
@@ -208,7 +209,7 @@ def cmd_upscale(args) -> int:
         raise CLIError(f"{args.input} ({x.shape[-1]}x{x.shape[-2]}, {cost['tiles']} tiles) would take "
                        f"{' and '.join(too_big)}; raise the limit (0 = none) or upscale a smaller image")
     y = upscale_image(model, info["kind"], x, scale, args.steps, torch.Generator().manual_seed(args.seed),
-                      args.tile, not args.quiet, info["inference"](args.steps) if sr3 else None)
+                      args.tile, not args.quiet, info["inference"](args.steps) if sr3 else None, args.variance)
     _write_atomically(out, lambda tmp: data.save_image(y[0], tmp))
     if not args.quiet:
         how = "regression" if info["kind"] == "regression" else f"SR3, {args.steps} steps, seed {args.seed}"

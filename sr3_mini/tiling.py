@@ -37,6 +37,7 @@ class Tiled(torch.nn.Module):
     def __init__(self, model, tile: int, batch: int = 4):
         super().__init__()
         self.model, self.multiple, self.batch = model, model.multiple, batch
+        self.config = getattr(model, "config", None)   # what the sampler reads: the residual target, if any
         if tile < 4 * self.multiple:
             raise ValueError(f"a tile of {tile} HR pixels leaves no overlap between tiles (seams): it must be at "
                              f"least 4 x model.multiple = {4 * self.multiple}")
@@ -84,11 +85,12 @@ def _padding(model, x_shape, scale: int) -> tuple:
 
 def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 100,
                   generator: torch.Generator | None = None, tile: int = 128, progress: bool = True,
-                  schedule: Schedule | None = None):
+                  schedule: Schedule | None = None, variance: str | None = None):
     """LR ``x`` [B, 3, h, w] of any size -> [B, 3, scale*h, scale*w]: SR3 (Algorithm 2, ``super_resolve``) or,
     for a ``kind="regression"`` model, its single forward pass. ``tile``: tile side in LR pixels.
     ``schedule``: the inference schedule (default: ``super_resolve``'s; the CLI passes the checkpoint's own
-    training schedule respaced to ``steps``)."""
+    training schedule respaced to ``steps``). ``variance``: of (10), "paper" or "posterior" (default:
+    ``super_resolve``'s)."""
     h, w = x.shape[-2:]
     pad_h, pad_w = _padding(model, x.shape, scale)
     mode = "reflect" if pad_h < h and pad_w < w else "replicate"   # reflection needs pad < size
@@ -100,7 +102,7 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
             y = regression_predict(net, upsample(x_pad, scale).to(device), model.config).clamp(-1, 1).to(x.device)
     else:
         y = super_resolve(net, x_pad, schedule=schedule, steps=steps, generator=generator, scale=scale,
-                          progress=progress)
+                          progress=progress, **({"variance": variance} if variance else {}))
     return y[..., :scale * h, :scale * w]
 
 

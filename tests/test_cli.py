@@ -348,3 +348,31 @@ def test_a_4000_by_3000_input_is_estimated_before_it_runs(one_thread):
     from sr3_mini.tiling import estimate_cost
     cost = estimate_cost(tiny_unet(0), (1, 3, 3000, 4000), 4, steps=100)
     assert cost["gib"] > 8 and cost["tiles"] > 500 and cost["seconds"] > 3600
+
+
+def test_variance_option_reaches_the_sampler(assets, tmp_path, monkeypatch, capsys, one_thread):
+    """--variance picks sigma_t^2 of (10) for upscale and evaluate; without it the library's default is used."""
+    import inspect
+
+    import sr3_mini.sample
+    import sr3_mini.tiling
+    seen = []
+    real = sr3_mini.tiling.super_resolve
+
+    def spy(model, x, **kw):
+        seen.append(kw.get("variance", inspect.signature(real).parameters["variance"].default))
+        return real(model, x, **kw)
+    monkeypatch.setattr(sr3_mini.tiling, "super_resolve", spy)
+    for flag in ("paper", "posterior", None):
+        args = ["upscale", assets / "lr_odd.png", "-o", tmp_path / f"{flag}.png", "--steps", "2"]
+        code, _, err = call(args + (["--variance", flag] if flag else []), tmp_path, monkeypatch, capsys,
+                            data=assets / "data")
+        assert code == 0, err
+    default = inspect.signature(sr3_mini.sample.super_resolve).parameters["variance"].default
+    assert seen == ["paper", "posterior", default]
+    code, out, err = call(["evaluate", "--steps", "2", "--variance", "posterior", "--limit", "1"], tmp_path,
+                          monkeypatch, capsys, data=assets / "data")
+    assert code == 0 and seen[-1] == "posterior", err
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", tmp_path / "x.png", "--variance", "fixed"],
+                        tmp_path, monkeypatch, capsys, data=assets / "data")
+    assert code == 2 and "variance" in err
