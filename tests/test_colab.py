@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # the notebooks whose install cell follows the REPO/ROOT pattern (06-08: add them once converted)
 COLAB_NOTEBOOKS = ["00_overview", "01_forward_process", "02_posterior", "03_training_objective",
-                   "04_reverse_process", "05_unet", "09_fool_rate"]
+                   "04_reverse_process", "05_unet", "06_training", "07_sampling_and_evaluation", "08_cascade",
+                   "09_fool_rate"]
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
                                 reason="needs git and a git checkout")
