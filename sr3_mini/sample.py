@@ -30,14 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from . import diffusion as D
-from .accel import SamplingNet
+from .accel import AUTOCAST, SamplingNet
 from .resize import upsample
 from .schedule import Schedule, positive_int
 
 __all__ = ["Trajectory", "Stage", "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve",
            "residual_scale", "cascade"]
-
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -234,7 +232,7 @@ def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, tr
     """The loop shared by both samplers: y_T, then ``step`` for t = T..1, recording snapshots."""
     if not isinstance(x_up, torch.Tensor) or x_up.ndim != 4:
         raise ValueError(f"x_up must be a [B, C, H, W] tensor, got {getattr(x_up, 'shape', type(x_up))}")
-    _choice(autocast, "autocast", [None, *_AUTOCAST])
+    _choice(autocast, "autocast", [None, *AUTOCAST])
     dtype = torch.float64 if x_up.dtype == torch.float64 else torch.float32   # the equations never run in 16 bit
     x_up = x_up.to(dtype)
     T = schedule.T
@@ -265,7 +263,7 @@ def _refine(f_theta, x_up, schedule, step, generator, y_T, return_trajectory, tr
 def _f_theta(f_theta, y_t, x_up, gamma_t: float, autocast):
     """eps^ = f_theta(x, y_t, gamma_t) with gamma as a [B] tensor; the network alone may run under autocast."""
     gamma = torch.full((y_t.shape[0],), gamma_t, dtype=y_t.dtype, device=y_t.device)
-    ctx = torch.autocast(y_t.device.type, dtype=_AUTOCAST[autocast]) if autocast else contextlib.nullcontext()
+    ctx = torch.autocast(y_t.device.type, dtype=AUTOCAST[autocast]) if autocast else contextlib.nullcontext()
     with ctx:
         eps = f_theta(y_t, x_up, gamma)
     return eps.to(y_t.dtype)
@@ -289,10 +287,7 @@ def _record_steps(T: int, trajectory_steps, every) -> set:
 
 def _clamp(y0_hat: torch.Tensor, clip) -> torch.Tensor:
     """y^_0 clamped to [-1, 1] (clip=True) or to per-pixel bounds (clip=(low, high))."""
-    if clip is True:
-        return y0_hat.clamp(-1, 1)
-    low, high = clip
-    return torch.maximum(torch.minimum(y0_hat, high), low)
+    return y0_hat.clamp(-1, 1) if clip is True else y0_hat.clamp(*clip)
 
 
 def _choice(v, name: str, choices) -> None:

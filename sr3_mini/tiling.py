@@ -99,7 +99,7 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
     if kind == "regression":
         device = next(model.parameters()).device
         with torch.no_grad():
-            y = regression_predict(net, upsample(x_pad, scale).to(device), model.config).clamp(-1, 1).to(x.device)
+            y = regression_predict(net, upsample(x_pad, scale).to(device)).clamp(-1, 1).to(x.device)
     else:
         y = super_resolve(net, x_pad, schedule=schedule, steps=steps, generator=generator, scale=scale,
                           progress=progress, **({"variance": variance} if variance else {}))
