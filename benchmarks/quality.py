@@ -35,7 +35,7 @@ from sr3_mini.data import bundled_eval_images, bundled_train_crops, from_uint8  
 from sr3_mini.metrics import scores  # noqa: E402
 from sr3_mini.resize import downsample  # noqa: E402
 from sr3_mini.sample import super_resolve  # noqa: E402
-from sr3_mini.search import schedule_search  # noqa: E402
+from sr3_mini.evaluate import schedule_search  # noqa: E402
 
 
 def parse_args(argv=None):

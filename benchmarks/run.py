@@ -18,17 +18,18 @@ process, and are timed INTERLEAVED (sr3_mini, diffusers, sr3_mini, ...): medians
   ``super_resolve(compile=True)`` for both; on CUDA also sr3_mini's eager step with the fused GroupNorm kernel;
   then each network's best path against the other's. Phases run while ``--budget`` seconds last (compiling
   ``sr3_16_128`` takes about a minute per configuration); the table is saved after each phase.
+
+This file drives the phases (settings, networks, the candidate package, compiled and extra rows); the timing
+harness is ``harness.py``, the tables and the editing of ``RESULTS.md`` are ``report.py``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.util
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -42,10 +43,10 @@ if importlib.util.find_spec("sr3_mini") is None:  # not pip-installed (the GPU m
     sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from harness import Bench, count_flops, interleaved, machine, matmul_peak, time_it  # noqa: E402
 from peer import build_peer, num_params  # noqa: E402
-from sr3_mini import accel, kernels  # noqa: E402
-from sr3_mini import diffusion as D  # noqa: E402
-from sr3_mini.sample import super_resolve  # noqa: E402
+from report import section, update_results  # noqa: E402
+from sr3_mini import accel  # noqa: E402
 from sr3_mini.unet import UNet  # noqa: E402
 
 SETTINGS = {  # lr -> hr: x is lr x lr, y is size x size
@@ -54,7 +55,6 @@ SETTINGS = {  # lr -> hr: x is lr x lr, y is size x size
     "cuda": dict(preset="sr3_16_128", size=128, lr=16, batch=16, amp="bf16", channels_last=False, warmup=3,
                  reps=10),
 }
-GOALS = {"train_ratio": 0.8, "memory_ratio": 1.0, "sampling_peak_fraction": 0.5}
 
 
 def parse_args(argv=None):
@@ -77,140 +77,6 @@ def parse_args(argv=None):
     p.add_argument("--results", default=str(HERE / "RESULTS.md"), help="markdown file to update")
     p.add_argument("--out", default=os.environ.get("OUT") or str(HERE / "out"), help="folder for JSON/markdown")
     return p.parse_args(argv)
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        found = re.findall(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-        model = found[0].strip() if found else model
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def time_it(device: str, fn) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of ``fn()``; CUDA: CUDA events around it, synchronised."""
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        c0 = time.process_time()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3, time.process_time() - c0
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def interleaved(device: str, fns: dict, warmup: int, reps: int) -> dict:
-    """Time ``fns`` in turn (A, B, A, B, ...) ``warmup + reps`` times; returns name -> [(wall, cpu)] timed."""
-    out = {name: [] for name in fns}
-    for rep in range(warmup + reps):
-        for name, fn in fns.items():
-            t = time_it(device, fn)
-            if rep >= warmup:
-                out[name].append(t)
-    return out
-
-
-def count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def peak_step_bytes(device: str, fn) -> int:
-    """The most bytes ``fn()`` holds on top of what was allocated before it (tensors only)."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:  # allocations > 0, frees < 0, in time order
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-def state_bytes(net, opt) -> int:
-    """Parameters + Adam's moments: what the model holds between steps."""
-    tensors = list(net.parameters()) + [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-class Bench:
-    """One network and what it needs for a training step and a sampling step on one batch."""
-
-    def __init__(self, net, s: dict, device: str, batch: int, generator: torch.Generator):
-        self.net, self.s, self.device = net, s, device
-        self.fmt = torch.channels_last if s["channels_last"] else torch.contiguous_format
-        self.opt = torch.optim.Adam(net.parameters(), lr=1e-4)  # the paper's learning rate
-        shape = (batch, 3, s["size"], s["size"])
-        rand = lambda: torch.randn(shape, generator=generator).to(device, memory_format=self.fmt)  # noqa: E731
-        self.y_0, self.x_up, self.eps = rand(), rand(), rand()
-        self.gamma = torch.rand(batch, generator=generator).to(device)
-        self.y_t = D.q_sample(self.y_0, self.gamma[:, None, None, None], self.eps)  # (5), made once
-        self.x_lr = torch.rand((batch, 3, s["lr"], s["lr"]), generator=generator).to(device) * 2 - 1
-
-    def autocast(self):
-        amp = self.s["amp"]
-        return torch.autocast(self.device, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-    def forward(self):
-        with self.autocast():
-            return self.net(self.y_t, self.x_up, self.gamma)
-
-    def train_step(self, zero_grad: bool = True):
-        self.net.train()
-        if zero_grad:
-            self.opt.zero_grad(set_to_none=True)
-        loss = D.loss(self.forward().float(), self.eps, p=1)  # (6) with p = 1, SR3's choice
-        loss.backward()
-        self.opt.step()
-
-    def fwd_bwd(self):
-        self.net.train()
-        D.loss(self.forward().float(), self.eps, p=1).backward()
-        self.net.zero_grad(set_to_none=True)
-
-    def sample_step(self):
-        self.net.eval()
-        with torch.no_grad():  # as the sampler runs it: a compiled step then shares its graph with super_resolve
-            self.forward()
-
-    def sample_image(self, steps: int = 100, compile: bool = False):
-        """The real sampler (Algorithm 2) for ``steps`` steps on the batch's LR images (compiled: ``compile``)."""
-        self.net.eval()
-        scale = self.s["size"] // self.s["lr"]
-        gen = torch.Generator(self.device).manual_seed(0)
-        super_resolve(self.net, self.x_lr, steps=steps, generator=gen, progress=False, autocast=self.s["amp"],
-                      scale=scale, compile=compile)
-
-    def peak_memory(self) -> int:
-        self.opt.zero_grad(set_to_none=True)
-        return state_bytes(self.net, self.opt) + peak_step_bytes(self.device, lambda: self.train_step(False))
-
-
-def matmul_peak(n: int = 8192, reps: int = 10) -> float:
-    """FLOP/s of a large bf16 matmul on the GPU: the FLOP-bound limit of this card, measured."""
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    times = [time_it("cuda", lambda: a @ b)[0] for _ in range(reps + 3)][3:]
-    return 2 * n**3 / statistics.median(times)
 
 
 def load_candidate(folder: str):
@@ -328,11 +194,11 @@ def compiled(r: dict, args, gen, save) -> None:
         b = Bench(nets["sr3_mini"], s, device, s["batch"], gen)
 
         def fused_step():
-            kernels.enabled = True
+            accel.fused_group_norm(b.net)
             try:
                 b.sample_step()
             finally:
-                kernels.enabled = False
+                accel.fused_group_norm(b.net, False)
         fused_step()
         c["fused"] = interleaved(device, {"eager": b.sample_step, "fused": fused_step}, w, n)
         save(r)
@@ -342,71 +208,6 @@ def compiled(r: dict, args, gen, save) -> None:
             first_call(f"{k} training", b.train_step)
         c["train"] = interleaved(device, {k: b.train_step for k, b in benches.items()}, w, s["reps"])
         save(r)
-
-
-def compiled_table(r: dict) -> str:
-    """Compiled rows (like for like: both compiled the same way), then each network's best path."""
-    s, c, names = r["settings"], r["compiled"], ("sr3_mini", "diffusers")
-    verdict = lambda ok: "**PASS**" if ok else "**MISS**"  # noqa: E731
-    ms = lambda x: f"{x * 1e3:,.1f}"  # noqa: E731
-    rows = []
-
-    def row(label, v, fmt, goal=""):
-        ratio = v["sr3_mini"] / v["diffusers"] if v["diffusers"] else float("nan")
-        rows.append(f"| {label} | {fmt(v['sr3_mini'])} | {fmt(v['diffusers'])} | {ratio:.2f} | "
-                    f"{goal(v, ratio) if goal else ''} |")
-
-    peak = r.get("matmul_peak")
-    pct = lambda t: {k: 100 * r["flops_forward"][k] / t[k] / peak for k in names}  # noqa: E731
-    peak_goal = lambda v, ratio: f"≥ 50%: {verdict(v['sr3_mini'] >= 50)}"  # noqa: E731
-    best = {}
-    for what in ("train", "sample", "image_100"):  # best of eager and compiled, per network
-        if what in r or what in c:
-            best[what] = {k: min((median(d[what][k]), tag) for d, tag in ((r, "eager"), (c, "compiled"))
-                                 if what in d) for k in names}
-    fused = c.get("fused")
-    if fused and median(fused["fused"]) < best["sample"]["sr3_mini"][0]:
-        best["sample"]["sr3_mini"] = (median(fused["fused"]), "eager, fused GroupNorm")
-    compile_s = {k: sum(v for lb, v in c["compile_s"].items() if lb.startswith(k)) for k in names}
-    row("first calls (compilation), s in all", compile_s, lambda x: f"{x:,.0f}")
-    if "train" in c:
-        row("training step, compiled, ms", {k: median(c["train"][k]) for k in names}, ms,
-            lambda v, ratio: f"≤ 0.8: {verdict(ratio <= 0.8)}")
-    ts = {k: median(c["sample"][k]) for k in names}
-    row("sampling step, compiled" + (" (CUDA graphs)" if r["device"] == "cuda" else "") + ", ms", ts, ms)
-    if peak:
-        row(f"sampling, compiled, % of the bf16 matmul peak ({peak / 1e12:,.0f} TFLOP/s)", pct(ts),
-            lambda x: f"{x:.1f}%", peak_goal)
-    if "image_100" in c:
-        row("100-step `super_resolve(compile=True)`, s per image, measured",
-            {k: median(c["image_100"][k]) / s["batch"] for k in names}, lambda x: f"{x:.3f}",
-            lambda v, ratio: f"≤ 0.15 s: {verdict(v['sr3_mini'] <= 0.15)}")
-    else:
-        row(f"100-step image, compiled, s per batch of {s['batch']} (100 x sampling step)",
-            {k: 100 * ts[k] for k in names}, lambda x: f"{x:.1f}")
-    tag = lambda what: " / ".join(best[what][k][1] for k in names)  # noqa: E731
-    if "train" in best:
-        row(f"**best** training step, ms ({tag('train')})", {k: best["train"][k][0] for k in names}, ms,
-            lambda v, ratio: f"≤ 0.8: {verdict(ratio <= 0.8)}")
-    row(f"**best** sampling step, ms ({tag('sample')})", {k: best["sample"][k][0] for k in names}, ms)
-    if peak:
-        row("**best** sampling, % of the bf16 matmul peak", pct({k: best["sample"][k][0] for k in names}),
-            lambda x: f"{x:.1f}%", peak_goal)
-    if "image_100" in best:
-        row(f"**best** 100-step image, s per image ({tag('image_100')})",
-            {k: best["image_100"][k][0] / s["batch"] for k in names}, lambda x: f"{x:.3f}",
-            lambda v, ratio: f"≤ 0.15 s: {verdict(v['sr3_mini'] <= 0.15)}")
-    lines = ["Compiled, like for like (both networks through `accel.compile_net`), then each network's best path "
-             "(fastest of eager and compiled" + (", and for sr3_mini the fused GroupNorm kernel" if fused else "")
-             + "):", "", "| | sr3_mini | diffusers | sr3_mini / diffusers | goal (for sr3_mini) |",
-             "|---|---|---|---|---|", *rows]
-    if "train" not in c:
-        lines += ["", "The compiled training step was not reached within `--budget` (about 150 s of compilation "
-                  "for the two networks): `python benchmarks/run.py --device cuda --budget 600` measures it."]
-    if fused:
-        lines += ["", f"sr3_mini's eager sampling step with the fused GroupNorm + FiLM + SiLU kernel: "
-                  f"{ms(median(fused['fused']))} ms against {ms(median(fused['eager']))} ms without it."]
-    return "\n".join(lines)
 
 
 def speedups(device: str, s: dict, gen, quick: bool) -> list:
@@ -449,122 +250,6 @@ def profile_tables(device: str, benches: dict) -> dict:
                     torch.cuda.synchronize()
             out[f"{name} {what}"] = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
     return out
-
-
-def median(pairs, i: int = 0) -> float:
-    return statistics.median(p[i] for p in pairs)
-
-
-def table(r: dict) -> str:
-    """The markdown table of one run: sr3_mini, diffusers, their ratio, the goal with PASS/MISS (and the
-    candidate with its ratio to diffusers, when there is one)."""
-    s = r["settings"]
-    names = [k for k in ("sr3_mini", "diffusers", "candidate") if k in r["params"]]
-    verdict = lambda ok: "**PASS**" if ok else "**MISS**"  # noqa: E731
-    rows = []
-
-    def row(label, v: dict, fmt, goal=None):
-        """``goal(ratio_or_value_dict) -> str`` labels the goal column."""
-        ratio = {k: v[k] / v["diffusers"] if v["diffusers"] else float("nan") for k in v}
-        cells = [fmt(v["sr3_mini"]), fmt(v["diffusers"]), f"{ratio['sr3_mini']:.2f}"]
-        cells += [goal(v, ratio) if goal else ""]
-        if "candidate" in v:
-            cells += [fmt(v["candidate"]), f"{ratio['candidate']:.2f}"]
-        rows.append(f"| {label} | " + " | ".join(cells) + " |")
-
-    def ratio_goal(limit):
-        return lambda v, ratio: f"≤ {limit}: {verdict(ratio['sr3_mini'] <= limit)}"
-
-    ms, tf = (lambda x: f"{x * 1e3:,.1f}"), (lambda x: f"{x / 1e12:,.3f}")
-    per = lambda d: {k: d[k] for k in names}  # noqa: E731
-    row("parameters", per(r["params"]), lambda x: f"{x:,}")
-    row(f"GFLOP per forward (batch {s['batch']})", per(r["flops_forward"]), lambda x: f"{x / 1e9:,.1f}")
-    t = {k: median(r["train"][k]) for k in names}
-    row(f"training step, ms (median of {len(r['train']['sr3_mini'])})", t, ms, ratio_goal(GOALS["train_ratio"]))
-    if r["device"] == "cpu":
-        row("training step, process CPU ms (steadier on a shared CPU)", {k: median(r["train"][k], 1) for k in names},
-            ms, ratio_goal(GOALS["train_ratio"]))
-    row("training TFLOP/s (forward + backward)", {k: r["flops_train"][k] / t[k] for k in names}, tf)
-    row("training peak memory, MiB", per(r["memory"]), lambda x: f"{x / 2**20:,.0f}",
-        ratio_goal(GOALS["memory_ratio"]))
-    ts = {k: median(r["sample"][k]) for k in names}
-    row(f"sampling step, ms (median of {len(r['sample']['sr3_mini'])})", ts, ms)
-    fl = {k: r["flops_forward"][k] / ts[k] for k in names}
-    row("sampling TFLOP/s", fl, tf)
-    if "matmul_peak" in r:
-        peak, goal = r["matmul_peak"], GOALS["sampling_peak_fraction"]
-        row(f"sampling, % of the bf16 matmul peak ({peak / 1e12:,.0f} TFLOP/s)", {k: 100 * fl[k] / peak for k in names},
-            lambda x: f"{x:.1f}%", lambda v, ratio: f"≥ {goal:.0%}: {verdict(v['sr3_mini'] >= 100 * goal)}")
-    if "image_100" in r:
-        im = {k: median(r["image_100"][k]) for k in names}
-        row(f"100-step sampler (`super_resolve`), s per batch of {s['batch']}, measured", im, lambda x: f"{x:.2f}")
-        row("100-step sampler, s per image, measured", {k: im[k] / s["batch"] for k in names}, lambda x: f"{x:.3f}")
-    else:
-        row(f"100-step image, s per batch of {s['batch']} (100 x sampling step)", {k: 100 * ts[k] for k in names},
-            lambda x: f"{x:.1f}")
-    head = "| | sr3_mini | diffusers | sr3_mini / diffusers | goal (for sr3_mini)"
-    head += " | candidate | candidate / diffusers |" if "candidate" in names else " |"
-    return head + "\n" + "|---" * (head.count("|") - 1) + "|\n" + "\n".join(rows)
-
-
-def extras_table(rows: list) -> str:
-    base = rows[0]["images_per_s"]
-    lines = ["| batch | precision | memory format | ms per step | images·steps/s | speed-up vs batch 1 fp32 |",
-             "|--:|---|---|--:|--:|--:|"]
-    for e in rows:
-        fmt = "channels_last" if e["channels_last"] else "NCHW"
-        note = " (1 run)" if e["runs"] == 1 else ""
-        lines.append(f"| {e['batch']} | {e['amp']} | {fmt} | {e['step_s'] * 1e3:,.1f}{note} | "
-                     f"{e['images_per_s']:,.1f} | {e['images_per_s'] / base:.2f}x |")
-    return "\n".join(lines)
-
-
-def section(r: dict) -> str:
-    s, dev = r["settings"], r["device"]
-    title = "CPU, fp32" if dev == "cpu" else "GPU, bf16 autocast"
-    fmt = "channels_last" if s["channels_last"] else "NCHW"
-    mem = ("`torch.cuda.max_memory_allocated` during the step" if dev == "cuda" else
-           "live tensor bytes from `torch.profiler` allocation events (`profile_memory=True`) during the step")
-    load = f"; 1-min load average at start {r['load']:.1f}" if r.get("load") is not None else ""
-    text = [f"## {title}", "",
-            f"- date: {r['date']}; command: `{r['command']}`",
-            f"- machine: {r['machine']}{load}",
-            f"- torch {r['torch']}, diffusers {r['diffusers']}, python {r['python']}"
-            + ("; compiled rows: `accel.compile_net` (torch.compile, dynamic=False)" if r["compile"] else ""),
-            f"- setting: preset `{s['preset']}`, {s['lr']}→{s['size']}, batch {s['batch']}, "
-            f"{s['amp'] or 'fp32'}, {fmt}; medians of {s['reps']} interleaved repetitions after {s['warmup']} "
-            f"warm-up(s); training = forward + loss (6) + backward + Adam",
-            f"- peak memory: parameters + Adam state + the peak of {mem}"]
-    if r.get("candidate"):
-        text += [f"- candidate: the sr3_mini package in `{r['candidate']}` (a proposed change), same config"]
-    text += ["", table(r)]
-    if r.get("compiled", {}).get("sample"):
-        text += ["", compiled_table(r)]
-    if r.get("extras"):
-        preset, size = ("mini", 64) if dev == "cpu" else (s["preset"], s["size"])
-        text += ["", f"Sampling speed-ups of sr3_mini alone (one sampling step, preset `{preset}`, {size}×{size}; "
-                 "none of them changes the equations):", "", extras_table(r["extras"])]
-    return "\n".join(text) + "\n"
-
-
-HEADER = """# Benchmarks: sr3_mini vs diffusers `UNet2DModel` (same widths, blocks, attention)
-
-Written by `python benchmarks/run.py --device cpu|cuda` (see `README.md`); each run replaces its own section
-between the markers and keeps the rest of this file.
-"""
-
-
-def update_results(path: Path, device: str, text: str) -> str:
-    begin, end = f"<!-- BEGIN {device} -->", f"<!-- END {device} -->"
-    old = path.read_text() if path.exists() else HEADER
-    block = f"{begin}\n{text}{end}"
-    if begin in old and end in old:
-        new = old[:old.index(begin)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(new)
-    return new
 
 
 def setup(args, argv) -> None:

@@ -1,17 +1,19 @@
-"""The bundled models on the two held-out sets, over several sampling seeds: the figures of data/MODEL_CARD.md.
+"""Models on the two held-out sets over several sampling seeds: the figures of data/MODEL_CARD.md.
 
-    python scripts/measure_quality.py --sets eval --variances paper --seeds 0 1 2     # ~30 min on one CPU core
-    python scripts/measure_quality.py --sets other --variances paper posterior --seeds 0 1 2
+    python scripts/measure_quality.py                                   # defaults on both sets, seeds 0 1 2
+    python scripts/measure_quality.py --samplers ddpm:posterior:100 ddpm:paper:100 ddpm:analytic:100 ddim::100
+    python scripts/measure_quality.py --checkpoint runs/sr3/last.pt --size 64 --limit 8   # a quick look at a run
 
-Sets: ``eval`` = ``data/eval`` (8 photos, 256x256, never trained on), ``other`` = ``data/eval_other`` (16 crops
-of 128x128 from another photographers' collection, never trained on); x = the anti-aliased bicubic x1/4 of each
-photo. SR3 samples each image with its own generator seeded with the seed, as ``sr3-mini evaluate`` does. Methods: bicubic, the regression baseline, and SR3 once per
-(variance, seed) with ``super_resolve``'s other defaults (DDPM, ``--steps`` steps of the training schedule,
-y^_0 clipped). Scores: ``sr3_mini.metrics.scores`` (PSNR, SSIM, consistency, sharpness), means over the set.
+Sets: ``eval`` = ``data/eval`` (8 photos, 256x256, never trained on), ``other`` = ``data/eval_other`` (16 crops of
+128x128 from another photographers' collection, never trained on); ``--size`` takes centre crops instead (cheaper).
+x = the anti-aliased bicubic x1/4 of each photo. Methods: bicubic, the regression baseline and SR3 under each
+``--samplers`` setting (``loop:variance:steps``), each image drawn once per seed with its own generator seeded with
+the seed (as ``sr3-mini evaluate`` does). Scores: ``sr3_mini.evaluate`` (PSNR, SSIM, consistency, sharpness, grain,
+and diversity over the seeds), means over the set.
 
-Writes one CSV row per (set, method, variance, seed) to ``--csv`` (default data/quality_seeds.csv), with the
-SHA-256 of both checkpoints so that a reader (notebook 07) can tell that the rows belong to the bundled models,
-and prints a markdown table: mean and spread (min..max) over the seeds.
+Appends one CSV row per (set, method, setting) to ``--csv`` (default data/quality.csv), with the SHA-256 of
+both checkpoints so that a reader (notebook 07) can tell which models the rows belong to, and prints a markdown
+table of the rows it wrote.
 """
 from __future__ import annotations
 
@@ -27,107 +29,100 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sr3_mini import data, load_pretrained  # noqa: E402
-from sr3_mini.checkpoint import regression_predict  # noqa: E402
-from sr3_mini.metrics import scores  # noqa: E402
-from sr3_mini.resize import downsample, upsample  # noqa: E402
-from sr3_mini.sample import super_resolve  # noqa: E402
+from sr3_mini import data  # noqa: E402
+from sr3_mini.checkpoint import load_model  # noqa: E402
+from sr3_mini.evaluate import DRAW_METRICS, METRICS, Sampler, evaluate, held_out, means  # noqa: E402
+from sr3_mini.variance import load_table  # noqa: E402
 
-METRICS = ("psnr", "ssim", "consistency", "sharpness")
-FIELDS = ("set", "method", "variance", "seed", "steps", *METRICS, "n_images", "sr3_sha256", "regression_sha256")
-
-
-def held_out(name: str) -> torch.Tensor:
-    """The HR photos of a held-out set, [N, 3, H, W] in [-1, 1]."""
-    if name == "eval":
-        return torch.stack([y for _, y in data.bundled_eval_images()])
-    folder = data.data_dir() / "eval_other"
-    return torch.stack([data.load_image(p) for p in sorted(folder.glob("*.png"))])
+FIELDS = ("set", "method", "sampler", "variance", "steps", "seeds", *METRICS, *DRAW_METRICS, "n_images", "size",
+          "sr3_sha256", "regression_sha256")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def parse_sampler(text: str) -> Sampler:
+    """``loop:variance:steps``, e.g. ``ddpm:posterior:100`` or ``ddim::50``."""
+    try:
+        loop, variance, steps = text.split(":")
+        return Sampler(loop, variance or "posterior", int(steps))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a sampler is loop:variance:steps (ddpm:posterior:100, ddim::50), "
+                                         f"got {text!r}") from None
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", nargs="+", choices=("eval", "other"), default=["eval", "other"])
-    p.add_argument("--variances", nargs="+", choices=("paper", "posterior"), default=["paper", "posterior"])
+    p.add_argument("--samplers", nargs="+", type=parse_sampler, default=[Sampler()],
+                   help="loop:variance:steps (default ddpm:posterior:100, the library's default)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--size", type=int, help="centre crops of this size (default: the whole photos)")
+    p.add_argument("--limit", type=int, help="at most this many images per set")
+    p.add_argument("--checkpoint", default=str(data.data_dir() / "sr3_mini_x4.pt"))
+    p.add_argument("--regression-checkpoint", default=str(data.data_dir() / "regression_x4.pt"))
+    p.add_argument("--no-regression", action="store_true", help="skip the regression baseline and bicubic")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--csv", default=str(ROOT / "data" / "quality_seeds.csv"), help="rows are appended")
+    p.add_argument("--csv", default=str(ROOT / "data" / "quality.csv"), help="rows are appended")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sr3, _, info = load_pretrained("sr3")
-    regression, _, _ = load_pretrained("regression")
-    root = data.data_dir()
-    hashes = {"sr3_sha256": sha256(root / "sr3_mini_x4.pt"), "regression_sha256": sha256(root / "regression_x4.pt")}
+    sr3, _ = load_model(args.checkpoint, use_ema=True)
+    sr3.var_y0 = load_table(args.checkpoint)
+    regression = None if args.no_regression else load_model(args.regression_checkpoint, use_ema=True)[0]
+    hashes = {"sr3_sha256": sha256(args.checkpoint),
+              "regression_sha256": "" if args.no_regression else sha256(args.regression_checkpoint)}
     out = Path(args.csv)
     new = not out.exists()
+    written = []
     with open(out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         if new:
             w.writeheader()
         for name in args.sets:
-            y = held_out(name)
-            x = downsample(y, 4)
-            x_up = upsample(x, 4)
-            base = {"set": name, "steps": args.steps, "n_images": len(y), **hashes}
-            rows = []
-            with torch.no_grad():
-                for method, y_hat in (("bicubic", x_up), ("regression", regression_predict(regression, x_up))):
-                    rows.append({**base, "method": method, "variance": "", "seed": "",
-                                 **_means(y_hat.clamp(-1, 1), y, x)})
-            for variance in args.variances:
-                for seed in args.seeds:
-                    t = time.perf_counter()
-                    # one generator per image, seeded alike, as `sr3-mini evaluate --seed` does: the seed-0 rows of
-                    # the eval set are that command's SR3 figures
-                    y_hat = torch.cat([super_resolve(sr3, x[i:i + 1], steps=args.steps, variance=variance,
-                                                     progress=False, generator=torch.Generator().manual_seed(seed))
-                                       for i in range(len(x))])
-                    rows.append({**base, "method": "SR3", "variance": variance, "seed": seed,
-                                 **_means(y_hat, y, x)})
-                    print(f"{name} SR3 {variance} seed {seed}: {_fmt(rows[-1])} ({time.perf_counter() - t:.0f} s)",
-                          flush=True)
-            for r in rows:
-                w.writerow(r)
-            f.flush()
-    print(table(out))
+            names, y = held_out(name, args.size)
+            names, y = (names[:args.limit], y[:args.limit]) if args.limit else (names, y)
+            base = {"set": name, "n_images": len(y), "size": args.size or "", **hashes}
+            if not args.no_regression:
+                for (method, _), m in means(evaluate(y, None, regression, names=names)).items():
+                    written.append({**base, "method": method, "sampler": "", "variance": "", "steps": "",
+                                    "seeds": "", **_round(m)})
+                    w.writerow(written[-1])
+            for setting in args.samplers:
+                t = time.perf_counter()
+                rows = evaluate(y, sr3, None, settings=[setting], seeds=args.seeds, names=names)
+                m = means([r for r in rows if r["method"] == "SR3"])[("SR3", setting.label)]
+                written.append({**base, "method": "SR3", "sampler": setting.sampler,
+                                "variance": setting.variance if setting.sampler == "ddpm" else "",
+                                "steps": setting.steps, "seeds": " ".join(map(str, args.seeds)), **_round(m)})
+                w.writerow(written[-1])
+                f.flush()
+                print(f"{name} SR3 {setting.label}: {_fmt(written[-1])} ({time.perf_counter() - t:.0f} s)", flush=True)
+    print(table(written))
     return 0
 
 
-def _means(y_hat, y, x) -> dict:
-    return {k: round(v.mean().item(), 8) for k, v in scores(y_hat, y, x, 4).items()}
+def _round(m: dict) -> dict:
+    return {k: round(v, 8) for k, v in m.items()}
 
 
 def _fmt(r: dict) -> str:
     return (f"PSNR {r['psnr']:.2f} SSIM {r['ssim']:.3f} consistency {float(r['consistency']) * 1e5:.2f}e-5 "
-            f"sharpness {r['sharpness']:.2f}")
+            f"sharpness {r['sharpness']:.2f} grain {r.get('grain', float('nan')):.2f} "
+            f"diversity {r.get('diversity', float('nan')):.2f}")
 
 
-def table(path) -> str:
-    """A markdown table of a CSV written by this script: one line per (set, method, variance), mean over seeds
-    and min..max for SR3. The latest rows win when the same (set, method, variance, seed) appears twice."""
-    latest = {}
-    with open(path) as f:
-        for r in csv.DictReader(f):
-            latest[(r["set"], r["method"], r["variance"], r["seed"])] = r
-    groups = {}
-    for (s, m, v, _), r in latest.items():
-        groups.setdefault((s, m, v), []).append(r)
-    lines = ["| set | method | variance | seeds | PSNR (dB) | SSIM | consistency (×1e-5) | sharpness |",
-             "|---|---|---|---|---|---|---|---|"]
-    for (s, m, v), rs in groups.items():
-        cells = []
-        for k in METRICS:
-            vals = [float(r[k]) * (1e5 if k == "consistency" else 1) for r in rs]
-            d = 3 if k == "ssim" else 2
-            mean = sum(vals) / len(vals)
-            cells.append(f"{mean:.{d}f}" + (f" ({min(vals):.{d}f}..{max(vals):.{d}f})" if len(vals) > 1 else ""))
-        lines.append(f"| {s} | {m} | {v or '-'} | {len(rs) if m == 'SR3' else '-'} | " + " | ".join(cells) + " |")
+def table(rows) -> str:
+    """A markdown table of rows as written to the CSV."""
+    lines = ["| set | method | sampler | PSNR (dB) | SSIM | consistency (×1e-5) | sharpness | grain | diversity |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        label = Sampler(r["sampler"], r["variance"] or "posterior", int(r["steps"])).label if r["sampler"] else "-"
+        cell = lambda k, d: f"{float(r[k]):.{d}f}" if r.get(k, "") != "" else "-"
+        lines.append(f"| {r['set']} | {r['method']} | {label} | {cell('psnr', 2)} | {cell('ssim', 3)} | "
+                     f"{float(r['consistency']) * 1e5:.2f} | {cell('sharpness', 2)} | {cell('grain', 2)} | "
+                     f"{cell('diversity', 2)} |")
     return "\n".join(lines)
 
 

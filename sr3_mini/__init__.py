@@ -24,11 +24,13 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
 
     Returns ``(model, schedule, info)``: the U-Net in eval mode with its EMA weights, the training schedule
     (sampling may use any other: the network is conditioned on gamma), and the checkpoint's metadata.
-    ``kind="regression"`` gives the regression baseline of the paper's comparisons instead. The files are
+    ``model.var_y0`` holds the network's v(gamma) for ``super_resolve(variance="analytic")`` when the checkpoint
+    has one beside it (``variance.py``). ``kind="regression"`` gives the regression baseline of the paper's comparisons instead. The files are
     looked up by ``data.data_dir()``: $SR3_MINI_DATA, the copy inside an installed wheel, or data/ in a clone.
     """
     from .checkpoint import load_model
     from .data import data_dir
+    from .variance import load_table
 
     if kind not in _BUNDLED:
         raise ValueError(f"kind must be one of {sorted(_BUNDLED)}, got {kind!r}")
@@ -38,4 +40,5 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
                                 "folder that holds it, or install sr3_mini from a clone or a wheel built from "
                                 "one (data/MODEL_CARD.md says how to retrain it)")
     model, info = load_model(path, device=device, use_ema=True)
+    model.var_y0 = load_table(path)      # v(gamma) for variance="analytic" (variance.py), or None
     return model, Schedule.from_dict(info["schedule"]), info

@@ -12,21 +12,26 @@ module holds every such choice, so that ``sample.super_resolve`` and the trainer
 - CUDA graphs (``mode="reduce-overhead"``): the sampling loop calls the network T times on fixed shapes, so one
   recorded graph replays each step without Python or launch overhead (GPU only; the eager step was launch-bound).
 - ``memory_format``: per device, by measurement (``MEMORY_FORMATS``).
-- ``cuda_setup``: cuDNN autotuning and TF32 matmuls on CUDA.
+- ``cuda_tuning``: cuDNN autotuning and TF32 matmuls on CUDA. Both are process-wide switches of PyTorch, so they
+  are set only inside the block that asked for them (a compiled sampler's network call, a training run) and
+  restored after it: calling the library never changes the rest of the process.
+- ``fused_group_norm``: the fused GroupNorm + FiLM + SiLU Triton kernel (``kernels.py``), switched per network.
 - ``grad_scaler``: float16 autocast (T4-class GPUs have no bf16) needs loss scaling so that small gradients
   do not flush to zero in float16: ``torch.amp.GradScaler``.
 
 ``compile`` defaults to off everywhere: on an H200 the bare compiled forward ran 2.1x faster than eager
 (GPU-MEASUREMENTS, section 3) but compiling took 40-70 s per configuration, which one 100-step image does not
 repay; and this module's compiled paths are tested on CPU only, not yet timed on a GPU. ``"auto"``: compile
-on CUDA only. Relies on nothing else in sr3_mini.
+on CUDA only. Relies on ``blocks`` (for ``fused_group_norm``) and nothing else in sr3_mini.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["AUTOCAST", "MEMORY_FORMATS", "memory_format", "cuda_setup", "wants_compile", "compile_net",
-           "SamplingNet", "grad_scaler"]
+__all__ = ["AUTOCAST", "MEMORY_FORMATS", "memory_format", "cuda_tuning", "fused_group_norm", "wants_compile",
+           "compile_net", "SamplingNet", "grad_scaler"]
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -44,10 +49,34 @@ def memory_format(device) -> torch.memory_format:
     return MEMORY_FORMATS.get(torch.device(device).type, torch.preserve_format)
 
 
-def cuda_setup() -> None:
-    """cuDNN picks the fastest convolution per shape (it times them on first use); float32 matmuls may use TF32."""
+@contextlib.contextmanager
+def cuda_tuning(device):
+    """Inside the block, on CUDA only: cuDNN picks the fastest convolution per shape (it times them on first use)
+    and float32 matmuls may use TF32 (``torch.set_float32_matmul_precision("high")``). Both settings are global
+    to the process in PyTorch; the previous values are restored on leaving the block. Elsewhere: nothing."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    benchmark, precision = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        torch.set_float32_matmul_precision(precision)
+
+
+def fused_group_norm(model: torch.nn.Module, on: bool = True) -> torch.nn.Module:
+    """Switch the fused GroupNorm + FiLM + SiLU kernel (``kernels.py``) on (or off) for every ``blocks.GroupNorm``
+    of ``model`` (wrappers included) and of no other network. It then runs where it can: 16-bit activations,
+    no autograd, CUDA (or Triton's interpreter), Triton installed; elsewhere the PyTorch ops. Returns ``model``."""
+    from sr3_mini.blocks import GroupNorm
+
+    for module in model.modules():
+        if isinstance(module, GroupNorm):
+            module.fused = on
+    return model
 
 
 def wants_compile(compile, device) -> bool:
@@ -68,9 +97,9 @@ class SamplingNet:
 
     Calls ``model`` with y_t and x_up in ``memory_format(device)`` and gamma as float32 ``[B]`` on the device,
     compiled when ``wants_compile(compile, device)``, and on CUDA then replayed as a CUDA graph unless
-    ``cuda_graphs=False``. With CUDA graphs each call's output lives in the graph's memory until the next call:
-    the sampler uses eps_hat before it calls again, which is all the graph needs. Other callables than
-    ``torch.nn.Module`` (the tests' oracles) are called as they are.
+    ``cuda_graphs=False`` (a compiled CUDA call runs inside ``cuda_tuning``). With CUDA graphs each call's output
+    lives in the graph's memory until the next call: the sampler uses eps_hat before it calls again, which is all
+    the graph needs. Other callables than ``torch.nn.Module`` (the tests' oracles) are called as they are.
     """
 
     def __init__(self, model, device, compile=False, cuda_graphs: bool = True):
@@ -83,8 +112,7 @@ class SamplingNet:
         weight = next(model.parameters(), None) if is_module else None
         # a float16/bf16 model (model.half(), T4-class GPUs) takes its inputs in its own dtype
         self.dtype = weight.dtype if weight is not None and weight.dtype in AUTOCAST.values() else None
-        if self.compiled and device.type == "cuda":
-            cuda_setup()
+        self.tuning = self.compiled and device.type == "cuda"
         self.net = compile_net(model, self.cuda_graphs) if self.compiled else model
 
     def __call__(self, y_t: torch.Tensor, x_up: torch.Tensor, gamma) -> torch.Tensor:
@@ -96,7 +124,10 @@ class SamplingNet:
             gamma = torch.as_tensor(gamma, device=y_t.device).to(torch.float32).reshape(-1).expand(y_t.shape[0])
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # each call is a new step: the last output may be reused
-        return self.net(y_t, x_up, gamma)
+        if not self.tuning:
+            return self.net(y_t, x_up, gamma)
+        with cuda_tuning(y_t.device):
+            return self.net(y_t, x_up, gamma)
 
 
 def grad_scaler(device, autocast: str | None) -> torch.amp.GradScaler:

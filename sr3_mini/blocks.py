@@ -14,7 +14,7 @@ resolution. The paper leaves the details open; we follow the score-SDE code (Son
 - ``Attention``: DDPM self-attention over the H*W positions, with the same 1/sqrt(2) skip rescale.
 - ``EmbedSequential``: a chain of blocks that all receive the gamma embedding.
 - ``GroupNorm``: ``nn.GroupNorm`` that keeps 16-bit activations in 16 bits, with the FiLM and SiLU that follow it
-  (one fused kernel from ``kernels.py`` where it is enabled).
+  (one fused kernel from ``kernels.py`` on the norms that ``accel.fused_group_norm`` switched on).
 
 Shapes: feature maps ``[B, C, H, W]``, embeddings ``[B, E]``. Sibling module: ``unet.py`` wires these up.
 """
@@ -58,15 +58,18 @@ class GroupNorm(nn.GroupNorm):
     off and the affine weights cast to it (PyTorch still accumulates mean and variance in float32). Why: autocast
     runs GroupNorm in float32, so every elementwise op up to the next convolution moved 4-byte values, and on CUDA
     under channels_last each call also copied to NCHW: 45 % of the bf16 sampling step's GPU time was such copies
-    (shared/GPU-MEASUREMENTS.md, section 2). Without autograd, on CUDA, with ``kernels.enabled``: one fused Triton
-    kernel (``kernels.group_norm_film_silu``) reads x once in its own memory format and writes the result.
+    (shared/GPU-MEASUREMENTS.md, section 2). With ``fused`` (off by default; ``accel.fused_group_norm(model)``
+    switches it per network), without autograd, on CUDA: one fused Triton kernel (``kernels.group_norm_film_silu``)
+    reads x once in its own memory format and writes the result.
     """
+
+    fused = False  # an execution choice, not a weight: never in the state dict
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
                 silu: bool = False) -> torch.Tensor:
         if x.dtype in (torch.float16, torch.bfloat16):
             no_grad = not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            if no_grad and kernels.usable(x):
+            if self.fused and no_grad and kernels.usable(x):
                 return kernels.group_norm_film_silu(x, self.num_groups, self.weight, self.bias, self.eps,
                                                     scale, shift, silu)
             with torch.autocast(x.device.type, enabled=False):

@@ -9,10 +9,12 @@ numbers, strings, lists, tuples and dicts only: no pickled code runs on load)::
      "model": state_dict,        # raw weights theta
      "ema": state_dict | None,   # exponential moving average of theta: the weights used for sampling
      "optimizer": dict | None, "step": int, "rng": dict | None,   # everything needed to resume exactly
+     "scaler": dict | None,      # float16 loss scaling (GradScaler.state_dict): part of an exact fp16 resume
      "train_config": dict, "metrics": dict}
 
 A release export (``export_for_release``) keeps only the EMA weights, under ``"model"`` with ``"ema": None`` and
-``"weights_source": "ema"``.
+``"weights_source": "ema"``. ``restore_training`` loads a training checkpoint back into the live objects of a
+run (network, EMA, optimizer, generator, loss scaler, this process's RNG), so that resuming is bit-exact.
 
 ``save_checkpoint`` writes a temporary file in the destination folder, flushes and fsyncs it, then renames it
 over the destination (``os.replace`` is atomic on POSIX and Windows) and fsyncs the folder: a crash or kill at
@@ -30,17 +32,19 @@ import dataclasses
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 __all__ = ["FORMAT", "REGRESSION_GAMMA", "make_state", "save_checkpoint", "load_checkpoint", "load_model",
-           "unet_config_from_dict", "check_state_dict", "export_for_release", "regression_predict"]
+           "unet_config_from_dict", "check_state_dict", "restore_training", "export_for_release",
+           "regression_predict"]
 
 FORMAT = "sr3_mini/1"
 REQUIRED_KEYS = ("format", "kind", "unet_config", "schedule", "scale", "model")
 KINDS = ("sr3", "regression")
-BIG_KEYS = ("model", "ema", "optimizer", "rng")  # left out of the ``info`` dict of load_model
+BIG_KEYS = ("model", "ema", "optimizer", "rng", "scaler")  # left out of load_model's ``info`` and of exports
 
 # The regression network keeps the signature f_theta(y_t, x_up, gamma) of the diffusion model so that both share
 # one U-Net: it is always fed y_t = 0 and this constant gamma (1 = "no noise"), and its output is y itself.
@@ -48,16 +52,18 @@ REGRESSION_GAMMA = 1.0
 
 
 def make_state(*, kind: str, model, schedule, scale: int, ema=None, optimizer=None, step: int = 0, rng=None,
-               train_config: dict | None = None, metrics: dict | None = None) -> dict:
+               train_config: dict | None = None, metrics: dict | None = None, scaler=None) -> dict:
     """The checkpoint dict of the module docstring from live objects (``model`` a UNet, ``schedule`` a
-    Schedule, ``ema`` a module or None, ``optimizer`` an optimizer or None)."""
+    Schedule, ``ema`` a module or None, ``optimizer`` an optimizer or None, ``scaler`` a GradScaler or None;
+    a disabled scaler, which holds no state, is saved as None)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return {"format": FORMAT, "kind": kind, "unet_config": dataclasses.asdict(model.config),
             "schedule": schedule.to_dict(), "scale": int(scale), "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "optimizer": optimizer.state_dict() if optimizer is not None else None, "step": int(step),
-            "rng": rng, "train_config": train_config or {}, "metrics": metrics or {}}
+            "rng": rng, "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            "train_config": train_config or {}, "metrics": metrics or {}}
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -161,6 +167,44 @@ def load_model(path, device="cpu", use_ema: bool = True):
     return model.to(device).eval(), info
 
 
+def restore_training(state: dict, *, model, ema, optimizer, generator: torch.Generator, scaler=None, rank: int = 0,
+                     seed: int = 0, fixed: dict | None = None):
+    """Load a training checkpoint ``state`` (from ``load_checkpoint``) into a run's live objects: the weights of
+    ``model`` and ``ema``, ``optimizer``, ``generator`` (the run's draws), ``scaler`` (a GradScaler: float16 loss
+    scaling) and this process's global RNG (dropout; ``rank``'s under DDP). Returns ``(step, metrics)``. Raises
+    ValueError when ``state`` cannot be resumed: a release export, weights of another shape, or a setting of
+    ``fixed`` (train_config key -> requested value) that differs from the saved run's. A checkpoint written on
+    another device type reseeds ``generator`` with ``seed + step`` (a warning: not bit-exact)."""
+    saved = state.get("train_config") or {}
+    diff = {k: (saved[k], v) for k, v in (fixed or {}).items() if k in saved and saved[k] != v}
+    if diff:
+        raise ValueError(f"these settings differ (checkpoint, requested): {diff}")
+    if state.get("optimizer") is None or state.get("rng") is None or state.get("ema") is None:
+        raise ValueError("it holds no optimizer, EMA or RNG state (a release export?)")
+    for module, key in ((model, "model"), (ema, "ema")):
+        check_state_dict(module, state[key], what=f"{key} weights")
+        module.load_state_dict(state[key])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and scaler.is_enabled():
+        if state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
+        else:
+            warnings.warn("the checkpoint holds no loss-scaler state (written without fp16, or by an older "
+                          "sr3_mini): loss scaling starts again from its initial scale (not bit-exact)")
+    rng = state["rng"]
+    if rng["device_type"] != generator.device.type:
+        warnings.warn(f"resuming a run trained on {rng['device_type']}: reseeding on {generator.device.type} "
+                      "(not bit-exact)")
+        generator.manual_seed(seed + int(state["step"]))
+    else:
+        generator.set_state(rng["generator"])
+        if rank < len(rng["ranks"]):
+            torch.set_rng_state(rng["ranks"][rank]["torch"])
+            if rng["ranks"][rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["ranks"][rank]["cuda"], generator.device)
+    return int(state["step"]), state.get("metrics") or {}
+
+
 def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
     """Slim copy of a training checkpoint for distribution: the EMA weights only (stored under ``"model"``,
     cast to ``dtype``; float16 halves the size and costs nothing visible), no optimizer or RNG state.
@@ -169,7 +213,7 @@ def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     out = {k: v for k, v in state.items() if k not in BIG_KEYS}
     out.update(model={k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
-               ema=None, optimizer=None, rng=None,
+               ema=None, optimizer=None, rng=None, scaler=None,
                weights_source="ema" if state.get("ema") is not None else "model")
     return save_checkpoint(dst, out)
 

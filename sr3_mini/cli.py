@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{demo,upscale,evaluate,train}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default 0)")
-    common.add_argument("--variance", choices=("paper", "posterior"),
-                        help="sigma_t^2 of (10): the paper's 1 - alpha_t or the posterior's (default: the library's)")
+    common.add_argument("--variance", choices=("paper", "posterior", "analytic"),
+                        help="sigma_t^2 of (10): the paper's 1 - alpha_t, the posterior's, or the KL-optimal "
+                             "'analytic' (needs the checkpoint's .variance.json) (default: the library's)")
     common.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     common.add_argument("--tile", type=_int_at_least(1), default=DEFAULT_TILE,
                         help=f"tile side in LR pixels for large images (default {DEFAULT_TILE})")
@@ -98,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--csv", help="also write per-image and mean rows to this CSV")
     e.add_argument("--steps", type=steps, default=DEFAULT_STEPS, help=f"refinement steps (default {DEFAULT_STEPS})")
     e.add_argument("--limit", type=_int_at_least(1), help="use at most this many images")
+    e.add_argument("--seeds", type=_int_at_least(0), nargs="+", metavar="SEED",
+                   help="draw SR3 once per seed (each image with its own generator); two or more also give the "
+                        "diversity of the draws (default: --seed alone)")
     e.set_defaults(run=cmd_evaluate)
 
     sub.add_parser("train", add_help=False, help="train SR3 or the regression baseline (see train --help)")

@@ -1,7 +1,7 @@
 """What the commands of ``sr3-mini`` do, once ``cli.py`` has parsed their options: the files they read and
 write (atomically), the models they load (with the checkpoint's own training schedule respaced to ``--steps``),
 the scores they print. ``CLIError``: a user error, one line on stderr and exit status 2 (``cli.main``).
-Relies on: checkpoint, data, metrics, resize, schedule, tiling, viz (the demo figure), train (``train``).
+Relies on: checkpoint, data, evaluate, resize, schedule, tiling, variance, viz (the demo figure), train (``train``).
 """
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ import torch
 
 from . import data, load_pretrained
 from .checkpoint import load_model
-from .metrics import scores
+from .evaluate import DRAW_METRICS, METRICS, means, score
 from .resize import downsample, upsample
 from .schedule import Schedule
 from .tiling import estimate_cost, upscale_image
+from .variance import load_table
 
 __all__ = ["CLIError", "cmd_demo", "cmd_upscale", "cmd_evaluate", "cmd_train"]
 
 DEMO_STEPS = 50      # deviation: half the steps of upscale/evaluate, so `demo` runs well under a minute on 2 cores
 DEFAULT_STEPS = 100  # upscale / evaluate: the inference length of the SR3 community code
 DEFAULT_TILE = 128   # LR pixels per tile side (512 HR pixels at x4)
-METRICS = ("psnr", "ssim", "consistency", "sharpness")
 MAX_GIB, MAX_MINUTES = 4.0, 60.0   # upscale refuses to start beyond these (0 = no limit)
 
 
@@ -93,6 +93,7 @@ def _load_model(checkpoint, kind: str, device, scale=None, require_kind: bool = 
             model, _, info = load_pretrained(kind, device=device)
         else:
             model, info = load_model(checkpoint, device=device)
+            model.var_y0 = load_table(checkpoint)      # v(gamma) for --variance analytic, if measured
     except (FileNotFoundError, ValueError, TypeError, KeyError) as e:
         raise CLIError(_one_line(e)) from None
     where = checkpoint or f"the bundled {kind} model"
@@ -111,15 +112,19 @@ def _load_model(checkpoint, kind: str, device, scale=None, require_kind: bool = 
 
 
 def _score(y_hat, y, x, scale) -> dict:
-    return {k: v.item() for k, v in scores(y_hat, y, x, scale).items()}
+    """``evaluate.score`` of one output ``[1, 3, H, W]`` or of draws ``[S, 1, 3, H, W]``, as numbers."""
+    return {k: v.item() for k, v in score(y_hat, y, x, scale).items()}
 
 
 def _table(rows: dict) -> str:
-    """{method: {metric: value}} -> aligned text; consistency in the paper's units (1e-5, pixels in [0, 1])."""
-    lines = [f"{'method':<12}{'PSNR (dB)':>10}{'SSIM':>8}{'consistency (1e-5)':>20}{'sharpness':>11}"]
+    """{method: {metric: value}} -> aligned text; consistency in the paper's units (1e-5, pixels in [0, 1]);
+    grain: "-" when no flat area was scored, diversity only for SR3 with two seeds or more."""
+    cell = lambda r, k, w, d: f"{r[k]:>{w}.{d}f}" if k in r and r[k] == r[k] else f"{'-':>{w}}"
+    lines = [f"{'method':<12}{'PSNR (dB)':>10}{'SSIM':>8}{'consistency (1e-5)':>20}{'sharpness':>11}{'grain':>7}"
+             f"{'diversity':>11}"]
     for name, r in rows.items():
         lines.append(f"{name:<12}{r['psnr']:>10.2f}{r['ssim']:>8.3f}{r['consistency'] * 1e5:>20.2f}"
-                     f"{r['sharpness']:>11.2f}")
+                     f"{r['sharpness']:>11.2f}{cell(r, 'grain', 7, 2)}{cell(r, 'diversity', 11, 2)}")
     return "\n".join(lines)
 
 
@@ -128,9 +133,12 @@ def _methods(sr3, regression, x, scale, args, progress):
     out = {"bicubic": upsample(x, scale)}
     if regression is not None:
         out["regression"] = upscale_image(regression, "regression", x, scale, tile=args.tile)
-    g = torch.Generator().manual_seed(args.seed)      # per image: a result does not depend on the others
-    out["SR3"] = upscale_image(sr3, "sr3", x, scale, args.steps, g, args.tile, progress, args.schedule,
-                               args.variance)
+    draws = []
+    for seed in getattr(args, "seeds", None) or [args.seed]:
+        g = torch.Generator().manual_seed(seed)      # per image: a result does not depend on the others
+        draws.append(upscale_image(sr3, "sr3", x, scale, args.steps, g, args.tile, progress, args.schedule,
+                                   args.variance))
+    out["SR3"] = draws[0] if len(draws) == 1 else torch.stack(draws)   # [S, B, 3, H, W]: one draw per seed
     return out
 
 
@@ -246,18 +254,17 @@ def cmd_evaluate(args) -> int:
         print(f"note: skipped {len(skipped)} file(s): {', '.join(skipped[:5])}", file=sys.stderr)
     if not per_image:
         raise CLIError(f"no usable image in {folder}")
-    means = {}
-    for r in per_image:
-        means.setdefault(r["method"], []).append(r)
-    means = {m: {k: sum(r[k] for r in rs) / len(rs) for k in METRICS} for m, rs in means.items()}
-    print(f"{used} image(s) from {folder}, x{scale}, SR3 with {args.steps} steps, seed {args.seed}; means:")
-    print(_table(means))
+    avg = {m: v for (m, _), v in means([{**r, "setting": ""} for r in per_image]).items()}
+    seeds = args.seeds or [args.seed]
+    print(f"{used} image(s) from {folder}, x{scale}, SR3 with {args.steps} steps, "
+          f"{'seed' if len(seeds) == 1 else 'seeds'} {' '.join(map(str, seeds))}; means:")
+    print(_table(avg))
     if csv_out:
-        rows = per_image + [{"image": "mean", "method": m, **v} for m, v in means.items()]
+        rows = per_image + [{"image": "mean", "method": m, **v} for m, v in avg.items()]
 
         def write(tmp):
             with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=["image", "method", *METRICS])
+                w = csv.DictWriter(f, fieldnames=["image", "method", *METRICS, *DRAW_METRICS], restval="")
                 w.writeheader()
                 w.writerows(rows)
         _write_atomically(csv_out, write)
@@ -267,8 +274,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_train(cfg) -> int:
     """``sr3-mini train``: also works under torchrun (every rank runs it; rank 0 writes)."""
-    from .train import ConfigError, NonFiniteLossError, train
-    from .train_run import dist_env
+    from .train import ConfigError, NonFiniteLossError, dist_env, train
     from .viz import plot_log
     try:
         result = train(cfg)

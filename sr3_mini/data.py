@@ -9,6 +9,7 @@ live in [-1, 1] (the range of y_0 in (3) and (5)); crops are stored as uint8 [N,
 - ``data_dir``: where the bundled models and photos are (one lookup for the whole package).
 - ``bundled_train_crops`` / ``bundled_eval_images``: the sets in ``data/`` (see data/README.md).
 - ``FolderCrops``: a folder of your own photos -> cached uint8 crops, skipping (and counting) bad files.
+- ``load_data`` / ``load_data_once``: a training run's crops and held-out photos (once per DDP group).
 The trainer makes (x, y_0) pairs from crops on the device, whole batches at a time (``train.sample_batch``).
 
 A crop is kept only if it has something to super-resolve: ``detail(crop) >= min_grad``, the RMS of the
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image, ImageOps
 
 __all__ = ["load_image", "save_image", "to_uint8", "from_uint8", "detail", "random_crops", "data_dir",
-           "bundled_train_crops", "bundled_eval_images", "FolderCrops"]
+           "bundled_train_crops", "bundled_eval_images", "FolderCrops", "load_data", "load_data_once"]
 
 MIN_GRAD = 2.0  # detail threshold of the bundled set and FolderCrops' default (see data/README.md)
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Rec. 601 weights
@@ -254,3 +256,36 @@ class FolderCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.crops[index]
+
+
+def load_data(folder="", crop: int = 64, val_size: int = 8, cache_dir=None, workers: int = 0):
+    """A training run's data: (training crops uint8 [N, 3, S, S], held-out photos uint8 [V, 3, S', S']).
+    ``folder=""``: the bundled training crops and the first ``val_size`` bundled evaluation photos. Else
+    ``FolderCrops(folder, crop)`` (cached in ``cache_dir``, decoded by ``workers`` processes) with whole photos held
+    out: the first crop of each of the first ``val_size`` photos validates, and is never trained on (one photo is
+    always left to train on). Raises ValueError when ``folder`` is not a folder with a usable photo."""
+    if folder:
+        crops = FolderCrops(folder, crop=crop, workers=workers, cache_dir=cache_dir)
+        first = np.unique(crops.image_index, return_index=True)[1]    # the first crop of each photo
+        k = min(val_size, len(first) - 1)
+        return crops.crops[torch.as_tensor(crops.image_index >= k)], crops.crops[torch.as_tensor(first[:k])]
+    held_out = [to_uint8(y) for _, y in bundled_eval_images()[:val_size]]
+    return bundled_train_crops(), torch.stack(held_out)
+
+
+def load_data_once(rank: int, world: int, **kwargs):
+    """``load_data(**kwargs)`` under DDP: rank 0 first (it decodes a folder and writes the crop cache), then the
+    other ranks, which read that cache. An error of rank 0 (ValueError, FileNotFoundError) is raised on every
+    rank, so that no rank waits for the others forever."""
+    if world == 1:
+        return load_data(**kwargs)
+    result, error = None, [None]
+    if rank == 0:
+        try:
+            result = load_data(**kwargs)
+        except (ValueError, FileNotFoundError) as e:
+            error = [e]
+    dist.broadcast_object_list(error, src=0)                   # also the barrier: the cache is complete after it
+    if error[0] is not None:
+        raise error[0]
+    return result if rank == 0 else load_data(**kwargs)

@@ -8,10 +8,12 @@ schedule works: ask ``sr3_mini.schedule.Schedule`` for them. Randomness is never
 
 Shapes: images are ``[B, C, H, W]`` (any tensor whose first axis is the batch works). Each scalar is a Python
 number, a 0-d tensor, or a per-sample ``[B]`` tensor broadcast over the remaining axes. Coefficients are formed
-in the precision of the scalars (float64 for Python numbers and the schedule's tensors) *on the CPU*, and only
-then cast to the image's dtype and moved to its device: no float64 tensor reaches an accelerator (Apple's MPS
-has no float64). Scalars already on an accelerator stay there, in their own dtype. Inputs are never modified. Ranges are checked on Python numbers and CPU tensors; on an accelerator
-the check is skipped, since it would stall the device on every call.
+in the precision of the scalars (float64 for Python numbers and the schedule's tensors) *on the CPU*, then cast
+to the image's dtype: no float64 tensor reaches an accelerator (Apple's MPS has no float64). A scalar coefficient
+then stays a 0-d CPU tensor, which broadcasts against an image on any device without a host-to-device copy;
+per-sample CPU values are moved to the image's device, and values already on an accelerator stay there, in their
+own dtype. Inputs are never modified. Ranges are checked on Python numbers and CPU tensors; on an accelerator the
+check is skipped, since it would stall the device on every call.
 """
 from __future__ import annotations
 
@@ -148,9 +150,14 @@ def _checkable(t: torch.Tensor) -> bool:
 
 
 def _cast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A coefficient in the image's dtype on its device: the dtype first, so a float64 CPU value never moves."""
+    """A coefficient in the image's dtype, ready to broadcast against ``like``. A 0-d coefficient stays on the
+    CPU: PyTorch hands a 0-d CPU tensor to an accelerator's kernel as a scalar argument, so the sampler's
+    per-step coefficients (Python numbers) cost no host-to-device copy, which would synchronise the stream every
+    step. Per-sample values go to ``like``'s device (where the trainer's gamma already is). The dtype first: a
+    float64 value is rounded on the CPU, once, and never reaches an accelerator."""
     dtype = like.dtype if like.is_floating_point() else c.dtype if like.device.type == "cpu" else torch.float32
-    return c.to(dtype).to(like.device)
+    c = c.to(dtype)
+    return c if c.ndim == 0 and c.device.type == "cpu" else c.to(like.device)
 
 
 def _show(t: torch.Tensor) -> str:

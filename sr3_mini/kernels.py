@@ -14,51 +14,35 @@ so no layout is copied; the output has x's memory format. Forward only: ``blocks
 gradient is needed (sampling), and keeps the PyTorch ops for training and under ``torch.compile`` (whose Inductor
 fuses the same ops itself).
 
-Off unless ``enabled`` (environment ``SR3_MINI_FUSED_GROUPNORM=1``, or ``kernels.enabled = True``): it has run
-only under Triton's interpreter on CPU (``TRITON_INTERPRET=1``; the tests do that), not yet timed on a GPU.
-Triton is optional: imported lazily, only when the kernel first runs (its source: ``triton_gn.py``).
+Off unless switched on per network: ``accel.fused_group_norm(model)`` sets ``GroupNorm.fused`` on each of its
+norms; nothing reads the environment. It has run only under Triton's interpreter on CPU (``TRITON_INTERPRET=1``;
+the tests do that), not yet timed on a GPU. Triton is optional: ``triton_gn`` (the kernel's source) is imported
+when the kernel first runs, and Triton decides then, once per process, whether ``TRITON_INTERPRET=1`` runs it on
+CPU tensors.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 
 import torch
 
-__all__ = ["enabled", "usable", "group_norm_film_silu"]
+__all__ = ["usable", "group_norm_film_silu"]
 
-enabled = os.environ.get("SR3_MINI_FUSED_GROUPNORM", "") == "1"
-_built: dict = {}  # interpret (bool) -> the jitted kernel
-_has_triton: list = []  # [bool] once looked up: usable() runs for every GroupNorm call
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "") == "1"
+_has_triton: list = []  # [bool] once looked up: usable() runs for every fused GroupNorm call
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether ``group_norm_film_silu`` may run on x: enabled, Triton installed, x on CUDA (or the interpreter),
-    not inside ``torch.compile``'s tracing, and a layout with ``stride(H) = W stride(W)``."""
-    if not enabled or torch.compiler.is_compiling():
+    """Whether ``group_norm_film_silu`` may run on x: Triton installed, x on CUDA (or under the interpreter), not
+    inside ``torch.compile``'s tracing, and a layout with ``stride(H) = W stride(W)``."""
+    if torch.compiler.is_compiling():
         return False
     if not _has_triton:
         _has_triton.append(importlib.util.find_spec("triton") is not None)
     if not _has_triton[0]:
         return False
-    return (x.is_cuda or _interpret()) and x.ndim == 4 and x.stride(2) == x.shape[3] * x.stride(3)
-
-
-def _kernel():
-    """The jitted kernel of ``triton_gn.py``, loaded once per ``TRITON_INTERPRET`` setting (as a fresh module)."""
-    interpret = _interpret()
-    if interpret not in _built:
-        spec = importlib.util.spec_from_file_location(f"sr3_mini._triton_gn_{int(interpret)}",
-                                                      Path(__file__).with_name("triton_gn.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _built[interpret] = module.gn_film_silu
-    return _built[interpret]
+    interpret = os.environ.get("TRITON_INTERPRET", "") == "1"
+    return (x.is_cuda or interpret) and x.ndim == 4 and x.stride(2) == x.shape[3] * x.stride(3)
 
 
 def group_norm_film_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float,
@@ -66,6 +50,8 @@ def group_norm_film_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bia
                          silu: bool = False) -> torch.Tensor:
     """``SiLU?(GroupNorm(x) * (1 + scale) + shift)`` in one kernel: ``x [B, C, H, W]`` (NCHW or channels_last),
     ``weight, bias [C]``, ``scale, shift [B, C, 1, 1]`` (any strides) or None -> x's shape, dtype and format."""
+    from sr3_mini.triton_gn import gn_film_silu  # here, not at the top: Triton is optional
+
     B, C, H, W = x.shape
     CG, P = C // groups, H * W
     out = torch.empty_like(x)
@@ -78,7 +64,7 @@ def group_norm_film_silu(x: torch.Tensor, groups: int, weight: torch.Tensor, bia
     block_c = 1 << max(CG - 1, 0).bit_length()              # next power of two >= C/G
     block_p = min(max(4096 // block_c, 16), 1 << max(P - 1, 0).bit_length())
     block_p = max(block_p, 16)
-    _kernel()[(B * groups,)](
+    gn_film_silu[(B * groups,)](
         x, out, weight, bias, scale, shift, P, groups, CG, float(eps),
         x.stride(0), x.stride(1), x.stride(3), out.stride(0), out.stride(1), out.stride(3),
         scale.stride(0) if film else 0, scale.stride(1) if film else 0,

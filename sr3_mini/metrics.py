@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .resize import downsample
 
-__all__ = ["psnr", "ssim", "consistency", "sharpness", "high_frequency_share", "scores"]
+__all__ = ["psnr", "ssim", "consistency", "sharpness", "high_frequency_share", "diversity", "grain", "scores"]
 
 
 @torch.no_grad()
@@ -122,12 +122,71 @@ def sharpness(y_hat: torch.Tensor, y_ref: torch.Tensor, cutoff: float = 0.125,
     return _reduce(high_frequency_share(y_hat, cutoff) / high_frequency_share(y_ref, cutoff), reduction)
 
 
+@torch.no_grad()
+def grain(y_hat: torch.Tensor, y: torch.Tensor, patch: int = 32, flat_std: float = 14 / 255, cutoff: float = 0.125,
+          reduction: str = "none") -> torch.Tensor:
+    """Noise left on flat areas, per image ``[B]``: over the ``patch`` x ``patch`` tiles of the photo ``y`` whose
+    standard deviation is under ``flat_std`` (on the 0..1 scale: 14/255 by default), the spectral power of
+    ``y_hat`` above ``cutoff`` cycles/pixel divided by the photo's own there. 1 = as much fine energy on flat
+    areas as the photo; a sampler that leaves grain gives more, one that smooths gives less. NaN for an image
+    with no flat tile. Power on luminance under a Hann window, as ``high_frequency_share``."""
+    y_hat, y = _pair(y_hat, y)
+    B, C, H, W = y.shape
+    tiles = lambda t: t[..., :H // patch * patch, :W // patch * patch].unfold(2, patch, patch).unfold(3, patch, patch)
+    a, b = tiles(y_hat), tiles(y)                                          # [B, C, nh, nw, patch, patch]
+    flat = (b / 2).std(dim=(1, 4, 5)) < flat_std                           # [B, nh, nw]; std on the 0..1 scale
+    power = lambda t: _high_power(t.permute(0, 2, 3, 1, 4, 5).reshape(-1, C, patch, patch), cutoff).view(B, *flat.shape[1:])
+    num = (power(a) * flat).sum(dim=(1, 2))
+    den = (power(b) * flat).sum(dim=(1, 2))
+    out = torch.where(flat.any(dim=(1, 2)), num / den.clamp_min(1e-30), torch.full_like(num, float("nan")))
+    return _reduce(out, reduction)
+
+
+@torch.no_grad()
+def diversity(samples: torch.Tensor, y: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Does a sampler draw from p(y|x) or average it? Per image ``[B]``:
+
+        diversity = mean_{a != b} MSE(sample_a, sample_b) / mean_a MSE(sample_a, y)
+
+    ``samples`` ``[S, B, C, H, W]``: S >= 2 draws for each of B inputs (same x, different seeds); ``y`` the
+    photos ``[B, C, H, W]``. For an exact sampler of p(y|x) the photo and every sample are independent draws of
+    the same distribution, so numerator and denominator both equal 2 tr Var[y | x] in expectation: the ratio is
+    1. A deterministic predictor (regression, the posterior mean) gives 0; samples noisier than the posterior
+    give more than 1. Any channel count (the toy problem's images too); float64 arithmetic.
+    """
+    if not isinstance(samples, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ValueError("samples and y must be tensors")
+    if samples.ndim != y.ndim + 1 or samples.shape[1:] != y.shape or samples.shape[0] < 2:
+        raise ValueError(f"samples must be [S >= 2, *y.shape] = [S, {', '.join(map(str, y.shape))}], got "
+                         f"{tuple(samples.shape)}")
+    s, y = samples.detach().to(torch.float64), y.detach().to(torch.float64)
+    S, dims = s.shape[0], tuple(range(2, s.ndim))
+    centred = s - s.mean(dim=0, keepdim=True)
+    # sum over pairs a != b of ||s_a - s_b||^2 = 2 S sum_a ||s_a - mean||^2; there are S (S - 1) ordered pairs
+    between = 2 * S * centred.pow(2).mean(dim=dims).sum(dim=0) / (S * (S - 1))     # [B]
+    to_photo = (s - y).pow(2).mean(dim=dims).mean(dim=0)                          # [B]
+    return _reduce(between / to_photo.clamp_min(1e-30), reduction)
+
+
 def scores(y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, scale: int = 4) -> dict:
     """The four measures of an output ``y_hat`` against the photo ``y`` and its LR input ``x``, per image:
     ``{"psnr", "ssim", "consistency", "sharpness"} -> [B]`` tensors (what the CLI, ``schedule_search`` and the
     benchmarks report)."""
     return {"psnr": psnr(y_hat, y), "ssim": ssim(y_hat, y), "consistency": consistency(x, y_hat, scale),
             "sharpness": sharpness(y_hat, y)}
+
+
+def _high_power(y: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Spectral power of the luminance above ``cutoff`` cycles/pixel (Hann window, mean removed), per image."""
+    H, W = y.shape[-2:]
+    lum = 0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]
+    lum = lum - lum.mean(dim=(1, 2), keepdim=True)
+    hann = torch.outer(torch.hann_window(H, periodic=False, dtype=y.dtype, device=y.device),
+                       torch.hann_window(W, periodic=False, dtype=y.dtype, device=y.device))
+    power = torch.fft.fft2(lum * hann).abs().pow(2)
+    fy = torch.fft.fftfreq(H, dtype=y.dtype, device=y.device)
+    fx = torch.fft.fftfreq(W, dtype=y.dtype, device=y.device)
+    return (power * ((fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() > cutoff)).sum(dim=(1, 2))
 
 
 def _gaussian_window(sigma: float, device) -> torch.Tensor:

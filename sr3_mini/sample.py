@@ -13,7 +13,7 @@ named deviation: see its docstring). The step is
 ``diffusion.p_sample_step``; this module draws the noise, loops, records a ``Trajectory``, calls the network.
 Also: deterministic DDIM (Song et al. 2021, eta = 0; not in SR3), ``super_resolve`` (raw LR x -> bicubic x_up ->
 sample) and a ``cascade`` of x4 stages (the paper's section 4). Images of any size: ``tiling.py``; the search
-over inference schedules: ``search.py``.
+over inference schedules: ``evaluate.py``.
 
 f_theta is any callable ``f(y_t, x_up, gamma) -> eps``, y_t and x_up ``[B, 3, H, W]`` (the U-Net concatenates
 them along channels), gamma ``[B]``. It sees gamma, not t, so any ``Schedule`` works for inference. Every random
@@ -23,6 +23,7 @@ Relies on: diffusion, schedule, resize.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from . import diffusion as D
 from .accel import AUTOCAST, SamplingNet
 from .resize import upsample
 from .schedule import Schedule, positive_int
+from .variance import VARIANCES, reverse_variance
 
 __all__ = ["Trajectory", "Stage", "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve",
            "residual_scale", "cascade"]
@@ -72,27 +74,33 @@ def default_inference_schedule(steps: int = 100) -> Schedule:
 def sample_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: torch.Generator | None = None,
                 variance: str = "paper", clip: bool = False, y_T: torch.Tensor | None = None,
                 return_trajectory: bool = False, trajectory_steps=None, every: int | None = None,
-                progress: bool = True, autocast: str | None = None):
+                progress: bool = True, autocast: str | None = None, var_y0=None):
     """Algorithm 2: ancestral sampling of p_theta(y_0 | x), (7) then (10) for t = T..1 (``p_sample_step``).
 
     x_up ``[B, 3, H, W]``: the LR image already upsampled. Returns y_0 ``[B, 3, H, W]`` (not clamped), or
     ``(y_0, Trajectory)`` with ``return_trajectory``, snapshots at ``trajectory_steps`` (a list of t) or every
-    ``every`` steps (default: ~10). ``variance``: "paper" (1 - alpha_t) or "posterior" ((4)). ``clip=False``
+    ``every`` steps (default: ~10). ``variance``: "paper" (1 - alpha_t), "posterior" ((4)) or "analytic" (the
+    KL-optimal sigma~^2 + c^2 v(gamma) of ``variance.py``, a deviation; ``var_y0``: the network's v). ``clip=False``
     is the paper's (10); ``clip=True`` is the deviation most implementations make: y^_0 of (8) is clamped to
     [-1, 1] and y_{t-1} drawn around the posterior mean (4) at the clamped y^_0 (equal to (9) when nothing is
     clamped); ``clip=(low, high)`` clamps to those bounds (tensors broadcast against y_t: the residual target's
     per-pixel data range). ``y_T`` injects the starting noise; ``autocast="bf16"`` runs only f_theta under autocast."""
-    _choice(variance, "variance", ("paper", "posterior"))
+    _choice(variance, "variance", VARIANCES)
+    if variance == "analytic":
+        reverse_variance("analytic", 0.5, 0.5, 0.9, var_y0)               # fails now, not at the first step
 
     def step(y_t, eps, t, a, g, g_prev, want_y0):
         z = _randn(y_t.shape, generator, y_t.device) if t > 1 else None   # z = 0 at the last step (t = 1)
-        if clip is False:
+        if clip is False and variance != "analytic":
             y0_hat = D.predict_y0(y_t, eps, g) if want_y0 else None        # (8), for the trajectory only
             return D.p_sample_step(y_t, eps, a, g, g_prev, z, variance), y0_hat  # (10)
-        y0_hat = _clamp(D.predict_y0(y_t, eps, g), clip)                  # (8), clamped to the data range
-        mean, var_post = D.posterior(y0_hat, y_t, a, g, g_prev)             # (4) at the clamped y^_0
+        y0_hat = D.predict_y0(y_t, eps, g)                                 # (8)
+        y0_hat = y0_hat if clip is False else _clamp(y0_hat, clip)         # clamped to the data range
+        mean, var_post = D.posterior(y0_hat, y_t, a, g, g_prev)            # (4) at the (clamped) y^_0
         if z is None:
             return mean, y0_hat
+        if variance == "analytic":                                         # sigma~^2 + c^2 v(gamma_t)
+            return mean + math.sqrt(reverse_variance(variance, a, g, g_prev, var_y0)) * z, y0_hat
         var = var_post if variance == "posterior" else 1 - a               # (10): sigma_t^2 = 1 - alpha_t
         return mean + torch.as_tensor(var, dtype=y_t.dtype).sqrt() * z, y0_hat
 
@@ -122,7 +130,7 @@ def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, *, generator: tor
 def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, steps: int = 100,
                   generator: torch.Generator | None = None, variance: str = "posterior", clip: bool = True,
                   sampler: str = "ddpm", return_trajectory: bool = False, progress: bool = True,
-                  autocast: str | None = None, scale: int = 4, compile=False, **trajectory_kw):
+                  autocast: str | None = None, scale: int = 4, compile=False, var_y0=None, **trajectory_kw):
     """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
 
     x_up = ``resize.upsample(x, scale)`` conditions ``sample_loop`` (``sampler="ddpm"``, Algorithm 2) or
@@ -131,7 +139,9 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     1 - alpha_t of (10), is one argument away): on a respaced schedule the paper's variance adds 4x the posterior's
     at the last random step, and that noise stays in the output as grain; measured on the bundled model over three
     seeds, the posterior gives higher PSNR, SSIM and consistency on both held-out sets (data/MODEL_CARD.md,
-    notebook 07 section 5). ``clip=True`` here, unlike ``sample_loop``: clamping y^_0 keeps a
+    notebook 07 section 5). ``variance="analytic"``: the KL-optimal variance of ``variance.py`` with the
+    network's v(gamma) (``var_y0``, default ``model.var_y0``, attached by ``load_pretrained``).
+    ``clip=True`` here, unlike ``sample_loop``: clamping y^_0 keeps a
     small, briefly trained model in range, which is why most SR3 implementations do it; ``clip=False`` is the
     paper's (10). A model with the residual target (``UNetConfig.target``, a deviation) samples r and returns
     x_up + scale r, with y^_0 clamped so that the image stays in [-1, 1]; its trajectory is shown in image
@@ -141,7 +151,8 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     ``trajectory_steps``, ``every``, ``y_T``, passed to the loop."""
     steps = positive_int(steps, "steps")
     _choice(sampler, "sampler", ("ddpm", "ddim"))
-    _choice(variance, "variance", ("paper", "posterior"))
+    _choice(variance, "variance", VARIANCES)
+    var_y0 = var_y0 if var_y0 is not None else getattr(model, "var_y0", None)
     _check_image(x)
     x_up = upsample(x, scale)
     H, W = x_up.shape[-2:]
@@ -162,7 +173,8 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         kw["clip"] = ((-1 - x_up) / s, (1 - x_up) / s)
     try:
         if sampler == "ddpm":
-            out = sample_loop(SamplingNet(model, x_up.device, compile), x_up, schedule, variance=variance, **kw)
+            out = sample_loop(SamplingNet(model, x_up.device, compile), x_up, schedule, variance=variance,
+                              var_y0=var_y0, **kw)
         else:
             out = ddim_loop(SamplingNet(model, x_up.device, compile), x_up, schedule, **kw)
     finally:

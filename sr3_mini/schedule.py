@@ -45,6 +45,7 @@ class Schedule:
         self.gammas = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(alphas, 0)])  # [T+1]
         self.T = int(alphas.numel())
         self.name = name or f"custom(T={self.T})"
+        self._on_device = {}  # (device, dtype) -> (self.gammas, its copy there): see ``gammas_on``
 
     # ---- constructors -------------------------------------------------------------------------------------
     @classmethod
@@ -126,9 +127,19 @@ class Schedule:
         dtype = torch.float64 if device.type == "cpu" else torch.float32
         t = torch.randint(1, self.T + 1, (batch_size,), generator=generator, device=device)
         u = torch.rand(batch_size, generator=generator, device=device, dtype=dtype)
-        gammas = self.gammas.to(dtype).to(device)
+        gammas = self.gammas_on(device, dtype)
         lo, hi = gammas[t], gammas[t - 1]  # gamma_t < gamma_{t-1}
         return lo + u * (hi - lo)
+
+    def gammas_on(self, device, dtype=torch.float64) -> torch.Tensor:
+        """gamma_0..gamma_T ([T + 1], as ``gammas``) in ``dtype`` on ``device``, copied there once and then reused:
+        a copy per training step would be a host-device synchronisation every step. Do not modify the result."""
+        key = (torch.device(device), dtype)
+        source, copy = self._on_device.get(key, (None, None))
+        if source is not self.gammas:  # first use there, or ``gammas`` was replaced (``from_gammas`` does)
+            source, copy = self.gammas, self.gammas.to(dtype).to(device)
+            self._on_device[key] = source, copy
+        return copy
 
     def gamma_cdf(self, g) -> torch.Tensor:
         """P(Gamma <= g) under p(gamma): (1/T) sum_t clamp((g - gamma_t)/(gamma_{t-1} - gamma_t), 0, 1)."""

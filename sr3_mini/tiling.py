@@ -102,7 +102,8 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
             y = regression_predict(net, upsample(x_pad, scale).to(device)).clamp(-1, 1).to(x.device)
     else:
         y = super_resolve(net, x_pad, schedule=schedule, steps=steps, generator=generator, scale=scale,
-                          progress=progress, **({"variance": variance} if variance else {}))
+                          progress=progress, var_y0=getattr(model, "var_y0", None),
+                          **({"variance": variance} if variance else {}))
     return y[..., :scale * h, :scale * w]
 
 

@@ -16,13 +16,13 @@ checkpoints (checkpoint.py), a JSON-lines log, periodic validation (PSNR, consis
 Randomness: every draw of a step (crops, crop offsets, flips, gamma, eps) comes from ONE torch.Generator on the
 training device, seeded with ``cfg.seed`` and saved in each checkpoint, so resuming at step k and running to
 k + n gives the same weights, bit for bit, as an uninterrupted run (on CPU; on CUDA, cuDNN's autotuned kernels
-need not be deterministic). Under DDP every rank holds the same
-generator, draws the *global* batch (batch_size x world_size) and keeps its own slice: ranks see different
-samples, and the run is by construction the single-process run with the global batch (equal up to the float
-rounding of the gradient all-reduce). The uint8 crop pool is moved to the device once; cropping, flipping and
-downsampling run there on whole batches; the loop itself waits for the device only every ``log_every`` steps
-(loss, non-finite check). Only rank 0 writes files. What surrounds the loop (the run's data, resuming, the log,
-validation, DDP agreement) is in ``train_run.py``; the command line (``sr3-mini train``) in ``cli.py``.
+need not be deterministic), float16 loss scaling included. Under DDP every rank holds the same generator, draws
+the *global* batch (batch_size x world_size) and keeps its own slice: the run is by construction the
+single-process run with the global batch (equal up to the rounding of the gradient all-reduce). The uint8 crop
+pool is moved to the device once; cropping, flipping and downsampling run there on whole batches; the loop waits
+for the device only every ``log_every`` steps (loss, non-finite check: under DDP every rank stops at the first
+non-finite step of any). Only rank 0 writes files. Relies on: checkpoint (saving, ``restore_training``), data
+(``load_data_once``), diffusion, resize, schedule, unet, accel; the command line is in ``cli.py``.
 """
 from __future__ import annotations
 
@@ -30,29 +30,40 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from sr3_mini import accel
 from sr3_mini import diffusion as D
-from sr3_mini.checkpoint import check_state_dict, make_state, regression_predict, save_checkpoint
-from sr3_mini.data import from_uint8
+from sr3_mini.checkpoint import (check_state_dict, load_checkpoint, make_state, regression_predict, restore_training,
+                                 save_checkpoint)
+from sr3_mini.data import from_uint8, load_data_once
+from sr3_mini.evaluate import validate
 from sr3_mini.resize import downsample, upsample
 from sr3_mini.schedule import Schedule
-from sr3_mini.train_run import (ConfigError, any_rank, dist_env, load_data_once, log, open_checkpoint, restore,
-                                validate)
 
 __all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "train", "make_adam", "lr_at", "ema_decay_at",
-           "ema_update", "sample_batch", "validate"]
+           "ema_update", "sample_batch", "step_loss", "validate", "dist_env"]
+
+ARCH_FIELDS = ("preset", "unet", "kind", "scale", "schedule_T", "beta_start", "beta_end")  # fixed on resume
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (a field out of range, an unknown preset or UNet key, a crop larger than the
+    data, a missing or different run to resume, a data folder that is not one): raised before anything is written."""
 
 
 @dataclass
 class TrainConfig:
-    """Paper defaults (section 4: Adam, lr 1e-4, 10k warm-up steps, batch 256, 1M steps); deviations noted."""
+    """Paper defaults (section 4: Adam, lr 1e-4, 10k warm-up steps, batch 256, 1M steps); deviations noted.
+    Every field is checked when the config is made (``check``): a bad one raises a ConfigError naming it."""
     preset: str = "mini"            # deviation: the paper's U-Nets have 150-625M parameters (Table 1)
     unet: dict = field(default_factory=dict)  # UNetConfig overrides, e.g. {"dropout": 0.2}
     kind: str = "sr3"               # "sr3" (diffusion) or "regression" (the paper's baseline)
@@ -90,6 +101,55 @@ class TrainConfig:
     num_workers: int = 0            # processes decoding a --data folder (its crops are then cached in out_dir)
     progress: bool = True           # tqdm bar (also off with env TQDM_DISABLE=1, and on ranks > 0)
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise a ConfigError naming every field out of its range (``_RULES``). ``train`` checks again (a field
+        may change after the config was made) and itself checks what needs the network or the data."""
+        bad = [f"{k} must be {what}, got {getattr(self, k)!r}" for k, (ok, what) in _RULES.items()
+               if not ok(getattr(self, k))]
+        if not bad and self.crop % self.scale:
+            bad.append(f"crop={self.crop} must be a multiple of scale={self.scale}")
+        if not bad and self.val_steps > self.schedule_T:
+            bad.append(f"val_steps={self.val_steps} must be at most schedule_T={self.schedule_T}")
+        if bad:
+            raise ConfigError("; ".join(bad))
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:  # NaN fails every comparison of _RULES
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _device(v) -> bool:
+    with contextlib.suppress(RuntimeError, TypeError):
+        return v == "auto" or bool(torch.device(v))
+    return False
+
+
+_RULES = {  # field: (test, what it must be), for TrainConfig.check
+    "kind": (lambda v: v in ("sr3", "regression"), "'sr3' or 'regression'"),
+    "autocast": (lambda v: v in ("none", "bf16", "fp16"), "'none', 'bf16' or 'fp16'"),
+    "loss_p": (lambda v: v in (1, 2), "1 or 2"),
+    **{k: (lambda v: _integer(v) and v >= 1, "an integer >= 1") for k in (
+        "scale", "crop", "steps", "batch_size", "grad_accum", "schedule_T", "save_every", "log_every", "val_steps")},
+    **{k: (lambda v: _integer(v) and v >= 0, "an integer >= 0") for k in (
+        "val_size", "warmup_steps", "keep_every", "val_every", "num_workers")},
+    "seed": (_integer, "an integer"),
+    "lr": (lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0"),
+    "grad_clip": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
+    "ema_decay": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "minutes": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = no limit)"),
+    "beta_start": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "beta_end": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "unet": (lambda v: isinstance(v, dict), "a dict of UNetConfig fields"),
+    "device": (_device, "'auto' or a torch device (cpu, cuda, ...)"),
+}
+
 
 class NonFiniteLossError(ValueError):
     """The loss or gradient norm became NaN/inf. The poisoned state is never saved: last.pt stays good."""
@@ -101,10 +161,8 @@ class NonFiniteLossError(ValueError):
 
 
 def make_adam(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam (the paper's optimiser) in its fused form on CUDA and CPU: one kernel for all parameters instead of
-    ~10 small ops per tensor (CPU, `mini`: 8 ms instead of 34 ms per step, measured with torch 2.13).
-    Same update rule; rounding can differ from the per-tensor loop in the last bits. Torch without a fused
-    kernel for the device falls back to the loop."""
+    """Adam (the paper's optimiser) in its fused form on CUDA and CPU: one kernel for all parameters instead of ~10
+    small ops per tensor, the same update rule (rounding can differ in the last bits). Else the per-tensor loop."""
     try:
         return torch.optim.Adam(model.parameters(), lr=lr, fused=device.type in ("cuda", "cpu"))
     except RuntimeError:  # e.g. an older torch without the fused CPU kernel
@@ -165,21 +223,20 @@ def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int, config=None) -> tor
 def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor | None = None) -> dict:
     """Run Algorithm 1 as configured. ``pool`` / ``val``: uint8 training crops [N, 3, S, S] and held-out crops
     (default: from cfg.data or the bundled sets). Returns {"step", "model", "ema", "metrics", "stopped"}, with
-    stopped = "steps" or "time". Under torchrun, joins (or creates) the process group."""
+    stopped = "steps" or "time". Under torchrun, joins (or creates) the process group. On CUDA, cuDNN autotuning
+    and TF32 matmuls are on for the run only (``accel.cuda_tuning``)."""
+    cfg.check()
     t_start, (rank, world, local_rank) = time.monotonic(), dist_env()
-    if cfg.kind not in ("sr3", "regression") or cfg.autocast not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"kind must be sr3|regression and autocast none|bf16|fp16; got {cfg.kind!r}, {cfg.autocast!r}")
     name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     device = torch.device(name, local_rank) if name == "cuda" else torch.device(name)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, pool, val, device, rank, world, t_start)
+        with accel.cuda_tuning(device):
+            return _train(cfg, pool, val, device, rank, world, t_start)
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -193,26 +250,36 @@ def _train(cfg, pool, val, device, rank, world, t_start):
         model = UNet.from_preset(cfg.preset, **cfg.unet)
     except (ValueError, TypeError) as e:                       # an unknown preset, or a key UNetConfig lacks
         raise ConfigError(f"preset {cfg.preset!r} with unet {cfg.unet}: {e}") from None
-    if cfg.crop % model.multiple or cfg.crop % cfg.scale:
-        raise ConfigError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple} and scale={cfg.scale}")
+    if cfg.crop % model.multiple:
+        raise ConfigError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple}")
     if cfg.init:
-        state = open_checkpoint(cfg.init, "--init")
+        state = _open(cfg.init, "--init")
         weights = state["ema"] if state.get("ema") is not None else state["model"]
         check_state_dict(model, weights, what=f"--init {cfg.init}")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = make_adam(model, cfg.lr, device)
+    scaler = accel.grad_scaler(device, cfg.autocast)           # fp16: loss scaling; otherwise a no-op
     g = torch.Generator(device).manual_seed(cfg.seed)          # every draw of the steps; the same on every rank
     torch.manual_seed(cfg.seed + 1 + rank)                     # the global RNG only drives dropout: one per rank
     step, metrics = 0, {}
     resume = str(out / "last.pt") if cfg.resume == "auto" and (out / "last.pt").exists() else cfg.resume
     if resume and resume != "auto":
-        step, metrics = restore(resume, cfg, model, ema, opt, g, rank)
+        try:
+            step, metrics = restore_training(_open(resume, "--resume"), model=model, ema=ema, optimizer=opt,
+                                             generator=g, scaler=scaler, rank=rank, seed=cfg.seed,
+                                             fixed={k: getattr(cfg, k) for k in ARCH_FIELDS})
+        except ValueError as e:
+            raise ConfigError(f"cannot resume {resume}: {e}") from None
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
     if pool is None:
-        pool, val = load_data_once(cfg, rank, world)
+        try:
+            pool, val = load_data_once(rank, world, folder=cfg.data, crop=cfg.crop, val_size=cfg.val_size,
+                                       cache_dir=out / "crop_cache", workers=cfg.num_workers)
+        except ValueError as e:                                # not a folder, no usable photo
+            raise ConfigError(str(e)) from None
     if cfg.crop > min(pool.shape[-2:]):
         raise ConfigError(f"crop={cfg.crop} is larger than the training crops ({pool.shape[-2]}x{pool.shape[-1]}); "
                           "choose a smaller crop, or train on a folder of photos (--data)")
@@ -226,16 +293,21 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     net = ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     net = accel.compile_net(net) if cfg.compile else net
     amp = torch.autocast(device.type, dtype=accel.AUTOCAST.get(cfg.autocast), enabled=cfg.autocast != "none")
-    scaler = accel.grad_scaler(device, cfg.autocast)           # fp16: loss scaling; otherwise a no-op
     B, deadline = cfg.batch_size, t_start + 60 * cfg.minutes if cfg.minutes > 0 else float("inf")
     bad_step = torch.tensor(-1, device=device)                 # first non-finite step, tracked on the device
     loss_sum, t_log, step_log, stopped = torch.zeros((), device=device), time.monotonic(), step, "steps"
-    pbar = _progress(cfg, rank, step)
+    bar = {} if cfg.progress and rank == 0 else {"disable": True}   # when on, tqdm still obeys TQDM_DISABLE
+    pbar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, **bar)
 
-    def check_finite():
-        if bad_step.item() >= 0:
+    def check_finite():                                        # collective under DDP: every rank calls it
+        first = bad_step
+        if world > 1:                                          # all ranks stop at the first bad step of any
+            first = torch.where(bad_step < 0, cfg.steps + 1, bad_step)     # steps + 1: none here
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        first = int(first.item())
+        if 0 <= first <= cfg.steps:
             pbar.close()
-            raise NonFiniteLossError(int(bad_step.item()))
+            raise NonFiniteLossError(first)
 
     def save(path):
         check_finite()                                         # never write a poisoned state
@@ -248,7 +320,7 @@ def _train(cfg, pool, val, device, rank, world, t_start):
         if rank == 0:
             save_checkpoint(path, make_state(
                 kind=cfg.kind, model=model, schedule=schedule, scale=cfg.scale, ema=ema, optimizer=opt, step=step,
-                train_config=dataclasses.asdict(cfg), metrics=metrics,
+                train_config=dataclasses.asdict(cfg), metrics=metrics, scaler=scaler,
                 rng={"generator": g.get_state(), "device_type": device.type, "ranks": ranks}))
 
     model.train()
@@ -291,10 +363,11 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             t_log, step_log = now, step
             pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             log(out, rec, rank)
-        if cfg.val_every > 0 and val is not None and len(val) and (step % cfg.val_every == 0 or last) and rank == 0:
+        if cfg.val_every > 0 and val is not None and len(val) and (step % cfg.val_every == 0 or last):
             check_finite()
-            metrics = validate(ema, cfg, val, schedule, out / f"val_{step:07d}.png")
-            log(out, {"step": step, **metrics}, rank)
+            if rank == 0:
+                metrics = validate(ema, cfg, val, schedule, out / f"val_{step:07d}.png")
+                log(out, {"step": step, **metrics}, rank)
         if step % cfg.save_every == 0 or last:
             save(out / "last.pt")
         if cfg.keep_every > 0 and step % cfg.keep_every == 0:
@@ -306,7 +379,28 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     return {"step": step, "model": model, "ema": ema, "metrics": metrics, "stopped": stopped}
 
 
-def _progress(cfg, rank, step):
-    from tqdm.auto import tqdm
-    bar = {} if cfg.progress and rank == 0 else {"disable": True}   # when on, tqdm still obeys TQDM_DISABLE
-    return tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, **bar)
+def _open(path, what: str) -> dict:
+    """load_checkpoint with its errors as ConfigErrors naming the option (``what``)."""
+    try:
+        return load_checkpoint(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def dist_env():
+    """(rank, world_size, local_rank) from the variables torchrun sets; (0, 1, 0) otherwise."""
+    return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+
+
+def any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` is true on any DDP rank (a collective: every rank must call it)."""
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def log(out: Path, rec: dict, rank: int) -> None:
+    """Append ``rec`` as one JSON line to out/log.jsonl (rank 0 only)."""
+    if rank == 0:
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")

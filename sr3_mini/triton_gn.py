@@ -1,6 +1,6 @@
-"""The Triton source of ``kernels.group_norm_film_silu`` (see ``kernels.py``). Imported only by ``kernels._kernel``,
-once per interpreter setting, because Triton decides at decoration time whether ``TRITON_INTERPRET=1`` runs the
-kernel on CPU tensors; a kernel must also live at module level (Triton resolves ``tl`` in its globals).
+"""The Triton source of ``kernels.group_norm_film_silu`` (see ``kernels.py``), imported by it when the kernel first
+runs: Triton is optional, and it decides at decoration time, so once per process, whether ``TRITON_INTERPRET=1``
+runs the kernel on CPU tensors. A kernel must live at module level (Triton resolves ``tl`` in its globals).
 """
 import triton
 import triton.language as tl

@@ -177,7 +177,7 @@ def plot_log(path, out_png) -> Path:
 
 
 def plot_schedule_search(rows: list, path, metrics=("psnr", "ssim", "consistency", "sharpness")):
-    """``search.schedule_search``'s rows: one panel per metric against the number of steps, one line per
+    """``evaluate.schedule_search``'s rows: one panel per metric against the number of steps, one line per
     beta_end; saved as a PNG at ``path``. Returns the path."""
     fig = Figure(figsize=(3.2 * len(metrics), 3.0), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]

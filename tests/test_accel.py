@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sr3_mini import accel, kernels
+from sr3_mini import accel
 from sr3_mini.blocks import GroupNorm
 from sr3_mini.sample import super_resolve
 from sr3_mini.train import TrainConfig, train
@@ -138,15 +138,63 @@ def test_sampling_net_layout_dtype_and_cuda_graphs_by_device():
     cpu = accel.SamplingNet(Spy(), "cpu", compile=True)
     assert cpu.compiled and not cpu.cuda_graphs                         # CUDA graphs never off CUDA
     assert not accel.SamplingNet(Spy(), "cpu", compile="auto").compiled  # "auto": compile on CUDA only
-    benchmark = torch.backends.cudnn.benchmark
-    try:  # building it for CUDA needs no GPU: torch.compile is lazy
-        cuda = accel.SamplingNet(Spy(), "cuda", compile="auto")
-        assert cuda.compiled and cuda.cuda_graphs and torch.backends.cudnn.benchmark
-        assert not accel.SamplingNet(Spy(), "cuda", compile=True, cuda_graphs=False).cuda_graphs
-    finally:
-        torch.backends.cudnn.benchmark = benchmark
+    cuda = accel.SamplingNet(Spy(), "cuda", compile="auto")             # needs no GPU: torch.compile is lazy
+    assert cuda.compiled and cuda.cuda_graphs and cuda.tuning
+    assert not accel.SamplingNet(Spy(), "cuda", compile=True, cuda_graphs=False).cuda_graphs
     with pytest.raises(ValueError, match="compile must be"):
         accel.SamplingNet(Spy(), "cpu", compile="yes")
+
+
+def test_cuda_tuning_is_set_only_inside_the_block_that_asked_for_it():
+    """cuDNN autotuning and TF32 matmuls are process-wide in PyTorch: sr3_mini sets them only around the calls
+    that asked (a compiled CUDA sampler's network call, a CUDA training run) and puts the caller's back. Before,
+    building a compiled CUDA sampler (``super_resolve(compile=...)``) switched both on for the whole process."""
+    def settings():
+        return torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+
+    saved = settings()
+    torch.backends.cudnn.benchmark = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        accel.SamplingNet(torch.nn.Conv2d(3, 3, 1), "cuda", compile="auto")   # building needs no GPU
+        assert settings() == (False, "highest")
+        with accel.cuda_tuning("cuda"):
+            assert settings() == (True, "high")
+        assert settings() == (False, "highest")
+        with accel.cuda_tuning("cpu"):
+            assert settings() == (False, "highest")
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
+
+
+def test_the_fused_group_norm_is_switched_per_network_not_per_process(monkeypatch):
+    """``accel.fused_group_norm(model)`` sets ``GroupNorm.fused`` on that network's norms only; nothing reads the
+    environment. The kernel is replaced here by a spy (and Triton's availability by True), so this runs anywhere:
+    the switched network calls it for every norm under 16-bit inference, another network never, and a switched one
+    never with autograd. Before, one module-global flag (environment SR3_MINI_FUSED_GROUPNORM) held for all."""
+    from sr3_mini import kernels
+
+    calls = []
+    monkeypatch.setenv("SR3_MINI_FUSED_GROUPNORM", "1")
+    monkeypatch.setattr(kernels, "usable", lambda x: True)
+    monkeypatch.setattr(kernels, "group_norm_film_silu", lambda x, *a, **k: calls.append(1) or torch.zeros_like(x))
+    fused, plain = rand_tiny(), rand_tiny()
+    assert accel.fused_group_norm(fused) is fused
+    norms = [m for m in fused.modules() if isinstance(m, GroupNorm)]
+    assert norms and all(m.fused for m in norms) and not any(getattr(m, "fused") for m in plain.modules()
+                                                             if isinstance(m, GroupNorm))
+    y_t, x_up, gamma = inputs(batch=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            plain(y_t, x_up, gamma)
+            assert calls == []
+            fused(y_t, x_up, gamma)
+            assert len(calls) == len(norms)
+        fused(y_t, x_up, gamma).float().sum().backward()      # training keeps PyTorch's ops
+    assert len(calls) == len(norms)
+    assert "fused" not in fused.state_dict() and not any(m.fused for m in accel.fused_group_norm(fused, False)
+                                                         .modules() if isinstance(m, GroupNorm))
 
 
 def test_trainer_float16_autocast_with_gradient_scaling(tmp_path, monkeypatch):
@@ -190,7 +238,7 @@ def interpreted():
     pytest.importorskip("triton", reason="triton (optional) is not installed: the fused kernel cannot be tested "
                                          "here (pip install triton; on CPU it runs under TRITON_INTERPRET=1)")
     worker = Path(__file__).with_name("triton_worker.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "SR3_MINI_FUSED_GROUPNORM": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(worker)], env=env, capture_output=True, text=True, timeout=600,
                           cwd=worker.parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -209,6 +257,7 @@ def test_fused_kernel_agrees_with_float32(interpreted, half, fmt, film):
 
 def test_fused_kernel_runs_in_the_unet_only_without_autograd(interpreted):
     r = interpreted["unet"]
+    assert r["imported_as"] == ["sr3_mini.triton_gn"]  # an ordinary import (it used to be loaded by file path)
     assert r["calls"] == r["norms"] > 0           # every GroupNorm of the network, in one kernel each
     assert r["rel"] <= UNET_REL["bf16"]
     assert r["calls_with_grad"] == 0              # training keeps PyTorch's ops (the kernel has no backward)
@@ -237,7 +286,8 @@ def test_super_resolve_compiled_matches_eager_and_does_not_recompile():
 @pytest.mark.cuda
 def test_cuda_compiled_sampler_with_cuda_graphs_matches_eager():
     """super_resolve(compile=True) on CUDA: Inductor + CUDA graphs, gamma float32 [B], NCHW. Same tolerance as
-    the CPU compile test, in float32 (TF32 is off for this comparison)."""
+    the CPU compile test, in float32 convolutions; the compiled path's matmuls use TF32 (``accel.cuda_tuning``,
+    inside its calls only), so the eager reference runs under the same tuning: like for like."""
     model = rand_tiny(head="v").cuda()
     x = (torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1).cuda()
     run = lambda **kw: super_resolve(model, x, steps=4, progress=False,  # noqa: E731
@@ -246,8 +296,12 @@ def test_cuda_compiled_sampler_with_cuda_graphs_matches_eager():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         net = accel.SamplingNet(model, "cuda", compile="auto")
-        assert net.compiled and net.cuda_graphs
-        torch.testing.assert_close(run(compile="auto"), run(), rtol=1e-3, atol=1e-4)
+        assert net.compiled and net.cuda_graphs and net.tuning
+        compiled = run(compile="auto")
+        assert not torch.backends.cuda.matmul.allow_tf32      # the compiled sampler left the process as it was
+        with accel.cuda_tuning("cuda"):
+            eager = run()
+        torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-4)
         bf16 = run(compile=True, autocast="bf16")
         assert rel(bf16, run(autocast="bf16")) <= UNET_REL["bf16"]
     finally:
@@ -257,10 +311,10 @@ def test_cuda_compiled_sampler_with_cuda_graphs_matches_eager():
 @pytest.mark.cuda
 @pytest.mark.parametrize("half", ["bf16", "fp16"])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
-def test_cuda_fused_kernel_agrees_with_float32(half, fmt, monkeypatch):
+def test_cuda_fused_kernel_agrees_with_float32(half, fmt):
     pytest.importorskip("triton", reason="triton (optional) is not installed")
-    monkeypatch.setattr(kernels, "enabled", True)
     norm, x, scale, shift = film_case(fmt, B=4, C=64, H=32, W=32)
+    accel.fused_group_norm(norm)
     norm, x, scale, shift = norm.cuda(), x.cuda(), scale.cuda(), shift.cuda()
     reference = norm(x, scale, shift, silu=True)
     with torch.no_grad():

@@ -1,5 +1,6 @@
-"""benchmarks/: the diffusers peer has sr3_mini's widths, blocks and attention, and ``run.py --quick`` writes its
-table into its own section of RESULTS.md. No timing assertions: machines are noisy.
+"""benchmarks/: the diffusers peer has sr3_mini's widths, blocks and attention, and ``run.py --quick`` (the driver,
+timing with ``harness.py``, writing with ``report.py``) writes its table into its own section of RESULTS.md. No
+timing assertions: machines are noisy.
 
 Skipped, saying why, where diffusers (the optional ``bench`` extra) is not installed.
 """
@@ -19,6 +20,7 @@ pytest.importorskip("diffusers", reason="diffusers (the optional `bench` extra: 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 from peer import build_peer, num_params  # noqa: E402
+import report  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("sr3_mini_bench_run", BENCH / "run.py")
 run = importlib.util.module_from_spec(_spec)
@@ -73,9 +75,22 @@ def test_quick_run_on_tiny_prints_a_table_and_keeps_the_other_section(tmp_path, 
     raw = json.loads((tmp_path / "out" / "bench_cpu.json").read_text())
     assert set(raw["train"]) == {"sr3_mini", "diffusers"} and len(raw["train"]["sr3_mini"]) == 2
     # a second run replaces its own section instead of adding one
-    run.update_results(results, "cpu", "new cpu section\n")
+    report.update_results(results, "cpu", "new cpu section\n")
     md = results.read_text()
     assert md.count("<!-- BEGIN cpu -->") == 1 and "new cpu section" in md and "the GPU table" in md
+
+
+def test_report_keeps_every_other_section_and_starts_a_missing_file(tmp_path):
+    path = tmp_path / "sub" / "RESULTS.md"
+    report.update_results(path, "cuda", "gpu\n")
+    assert path.read_text().startswith(report.HEADER) and "<!-- BEGIN cuda -->\ngpu\n<!-- END cuda -->" in \
+        path.read_text()
+    path.write_text(path.read_text() + "\nnotes\n<!-- BEGIN quality_cpu -->\nq\n<!-- END quality_cpu -->\n")
+    report.update_results(path, "cpu", "cpu\n")
+    report.update_results(path, "cuda", "gpu 2\n")
+    md = path.read_text()
+    assert [md.count(f"<!-- BEGIN {d} -->") for d in ("cpu", "cuda", "quality_cpu")] == [1, 1, 1]
+    assert "gpu 2\n" in md and "gpu\n<!--" not in md and "notes" in md and "\nq\n" in md
 
 
 def test_quality_quick_scores_each_setting_and_writes_its_own_section(tmp_path, capsys):

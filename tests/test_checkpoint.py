@@ -158,6 +158,35 @@ def test_export_for_release(tmp_path):
         torch.testing.assert_close(v, state["ema"][k].half().float(), rtol=0, atol=0)
 
 
+def test_restore_training_loads_the_loss_scaler_and_refuses_what_cannot_resume(tmp_path):
+    """A training checkpoint carries the GradScaler's state (float16 loss scaling; tests/test_train.py checks the
+    bit-exact fp16 resume); a disabled scaler saves None, and exports and load_model's info leave it out."""
+    torch.manual_seed(0)
+    model, ema = UNet.from_preset("tiny"), UNet.from_preset("tiny")
+    opt, g = torch.optim.Adam(model.parameters()), torch.Generator().manual_seed(5)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=7)
+    state = C.make_state(kind="sr3", model=model, ema=ema, optimizer=opt, schedule=Schedule.linear(), scale=4,
+                         step=9, scaler=scaler, train_config={"preset": "tiny"},
+                         rng={"generator": g.get_state(), "device_type": "cpu", "ranks": []})
+    path = C.save_checkpoint(tmp_path / "last.pt", state)
+    back = C.load_checkpoint(path)
+    assert back["scaler"]["scale"] == 2.0**10 and back["scaler"]["growth_interval"] == 7
+    fresh = torch.amp.GradScaler("cpu")
+    step, _ = C.restore_training(back, model=UNet.from_preset("tiny"), ema=UNet.from_preset("tiny"),
+                                 optimizer=torch.optim.Adam(model.parameters()), generator=torch.Generator(),
+                                 scaler=fresh, fixed={"preset": "tiny"})
+    assert step == 9 and fresh.get_scale() == 2.0**10 and fresh.get_growth_interval() == 7
+    assert C.make_state(kind="sr3", model=model, schedule=Schedule.linear(), scale=4,
+                        scaler=torch.amp.GradScaler("cpu", enabled=False))["scaler"] is None
+    assert "scaler" not in C.load_model(path)[1]
+    release = C.load_checkpoint(C.export_for_release(path, tmp_path / "release.pt"))
+    assert release["scaler"] is None
+    with pytest.raises(ValueError, match="differ"):
+        C.restore_training(back, model=model, ema=ema, optimizer=opt, generator=g, fixed={"preset": "mini"})
+    with pytest.raises(ValueError, match="release export"):
+        C.restore_training(release, model=model, ema=ema, optimizer=opt, generator=g)
+
+
 class Probe:
     """A network whose output is known, F = 2 x_up - 0.1, and which records what it was called with."""
 

@@ -162,10 +162,22 @@ def test_evaluate_prints_the_table_and_writes_csv(assets, tmp_path):
     assert "2 image(s)" in r.stdout and "PSNR" in r.stdout and "wrote scores.csv" in r.stdout
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["image", "method", "psnr", "ssim", "consistency", "sharpness"]
+    assert list(rows[0]) == ["image", "method", "psnr", "ssim", "consistency", "sharpness", "grain", "diversity"]
     assert len(rows) == 2 * 3 + 3
     assert {(r["image"], r["method"]) for r in rows[-3:]} == {("mean", m) for m in ("bicubic", "regression", "SR3")}
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("psnr", "ssim", "consistency", "sharpness"))
+    assert all(r["diversity"] == "" for r in rows)                 # one seed: no diversity
+
+
+def test_evaluate_with_seeds_reports_diversity(assets, tmp_path):
+    r = run(["evaluate", "--steps", "2", "--seeds", "0", "1", "--limit", "1", "--csv", "scores.csv"], tmp_path,
+            data=assets / "data")
+    assert r.returncode == 0, r.stderr
+    assert "seeds 0 1" in r.stdout and "diversity" in r.stdout
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = {(r["image"], r["method"]): r for r in csv.DictReader(f)}
+    sr3 = float(rows[("mean", "SR3")]["diversity"])
+    assert 0 < sr3 < 10 and rows[("mean", "regression")]["diversity"] == ""
 
 
 @pytest.mark.parametrize("case", ["missing", "not_an_image", "mismatched_checkpoint", "steps_0", "seed_negative"])

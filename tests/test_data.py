@@ -256,3 +256,20 @@ def test_folder_crops_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     (folder / "c.png").write_bytes((folder / "a.png").read_bytes())
     with pytest.raises(AssertionError, match="despite"):
         data.FolderCrops(folder, crop=32, crops_per_image=3, cache_dir=cache)
+
+
+# ---- a training run's data ----------------------------------------------------------------------------------
+def test_a_runs_data_is_the_bundled_sets_or_a_folder_with_whole_photos_held_out(tmp_path):
+    pool, val = data.load_data_once(0, 1, val_size=2)             # one process: load_data itself
+    assert pool.dtype == val.dtype == torch.uint8 and pool.shape[1:] == (3, 64, 64) and val.shape == (2, 3, 256, 256)
+    assert torch.equal(val[1], data.to_uint8(data.bundled_eval_images()[1][1]))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    pool, val = data.load_data(folder, crop=16, val_size=5, cache_dir=tmp_path / "cache")
+    crops = data.FolderCrops(folder, crop=16, cache_dir=tmp_path / "cache")
+    assert len(val) == 2 and len(pool) == (crops.image_index == 2).sum()  # one photo is always left to train on
+    with pytest.raises(ValueError, match="not a folder"):
+        data.load_data(tmp_path / "nope", crop=16)

@@ -92,3 +92,39 @@ def test_sharpness_bicubic_is_blurrier_and_truth_is_one():
     # white noise spreads its power evenly over the band [-0.5, 0.5]^2: the share above 0.125 is ~1 - pi/16
     white = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert abs(high_frequency_share(white).item() - (1 - math.pi * 0.125 ** 2)) < 0.03
+
+
+def test_diversity_is_one_for_exact_draws_zero_for_the_mean_and_above_one_for_extra_noise():
+    from sr3_mini.metrics import diversity
+    g = torch.Generator().manual_seed(0)
+    mean = textured(B=4, H=16, W=16)
+    draw = lambda S, sd: mean + sd * torch.randn((S, *mean.shape), generator=g, dtype=mean.dtype)
+    y = draw(1, 0.2)[0]                                   # the "photo": one more draw of the same distribution
+    exact = diversity(draw(8, 0.2), y)
+    assert exact.shape == (4,)
+    assert ((exact - 1).abs() < 0.1).all(), exact          # 3,072 pixels per image: error ~ 3 %
+    assert diversity(mean.expand(3, *mean.shape), y, reduction="mean") < 1e-20
+    assert diversity(draw(8, 0.4), y, reduction="mean") > 1.4   # 2 (0.16) / (0.16 + 0.04) = 1.6
+    # brute force over ordered pairs
+    s = draw(3, 0.3)
+    num = sum(((s[a] - s[b]) ** 2).mean(dim=(1, 2, 3)) for a in range(3) for b in range(3) if a != b) / 6
+    den = sum(((s[a] - y) ** 2).mean(dim=(1, 2, 3)) for a in range(3)) / 3
+    torch.testing.assert_close(diversity(s, y), num / den)
+    with pytest.raises(ValueError, match="S >= 2"):
+        diversity(s[:1], y)
+
+
+def test_grain_counts_only_flat_tiles_and_is_one_for_the_photo():
+    from sr3_mini.metrics import grain
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(2, 3, 64, 64, dtype=torch.float64)
+    y[:, :, :, 32:] = textured(B=2, H=64, W=32)            # right half textured, left half flat ...
+    y[:, :, :, :32] += 0.01 * torch.randn(2, 3, 64, 32, generator=g, dtype=torch.float64)   # ... with faint noise
+    assert torch.allclose(grain(y, y), torch.ones(2, dtype=torch.float64))
+    noisier = y.clone()
+    noisier[:, :, :, :32] += 0.01 * torch.randn(2, 3, 64, 32, generator=g, dtype=torch.float64)
+    assert (grain(noisier, y) > 1.5).all()                 # twice the noise power on the flat half: ~2
+    textured_only = y.clone()
+    textured_only[:, :, :, 32:] *= 3                       # changing the textured half does not count
+    assert torch.allclose(grain(textured_only, y), torch.ones(2, dtype=torch.float64))
+    assert grain(textured(B=1, H=64, W=64), textured(B=1, H=64, W=64)).isnan().all()   # no flat tile

@@ -74,9 +74,19 @@ def test_clip_keeps_the_image_not_the_residual_in_range():
     assert D.to_residual(y0[0], x_up, 0.25).abs().max() > 2
 
 
-def test_training_loss_diffuses_the_scaled_residual_and_regression_adds_x_up():
+def drawn(**kw) -> UNet:
+    """The tiny U-Net with every weight drawn: the zero-initialised output convolution of a fresh one makes its
+    output F exactly 0, and then x_up + s F = x_up holds for any scale s, so nothing about s would be checked."""
     torch.manual_seed(0)
-    net = UNet.from_preset("tiny", target="residual", head="v").eval()
+    net = UNet.from_preset("tiny", **kw).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(std=0.1)
+    return net
+
+
+def test_training_loss_diffuses_the_scaled_residual_and_regression_adds_x_up():
+    net = drawn(target="residual", residual_scale=0.25, head="v")
     y_0 = photo(2, H=net.multiple * 2)
     x_up = upsample(downsample(y_0, 4), 4)
     gamma = torch.tensor([0.3, 0.9], dtype=torch.float64)
@@ -85,10 +95,20 @@ def test_training_loss_diffuses_the_scaled_residual_and_regression_adds_x_up():
     y_t = gamma.sqrt().view(-1, 1, 1, 1).float() * r + (1 - gamma).sqrt().view(-1, 1, 1, 1).float() * eps
     by_hand = (net(y_t, x_up, gamma.float()) - eps).abs().mean()
     torch.testing.assert_close(step_loss(net, "sr3", y_0, x_up, gamma, eps, p=1), by_hand, rtol=1e-5, atol=1e-6)
-    F = net(torch.zeros_like(x_up), x_up, torch.ones(2))
-    torch.testing.assert_close(regression_predict(net, x_up), x_up + 0.25 * F)
-    paper = UNet.from_preset("tiny").eval()
+
+
+def test_regression_of_a_residual_network_is_x_up_plus_scale_times_its_output():
+    """regression_predict = x_up + s F, F = f_theta(0, x_up, 1), for a network whose F is far from 0 (|F| ~ 1),
+    at two scales: the same weights with s = 0.5 move the prediction by another 0.25 F."""
+    x_up = upsample(downsample(photo(2, H=16), 4), 4)
+    for s in (0.25, 0.5):
+        net = drawn(target="residual", residual_scale=s)
+        F = net(torch.zeros_like(x_up), x_up, torch.ones(2))
+        assert F.abs().mean() > 0.1
+        torch.testing.assert_close(regression_predict(net, x_up), x_up + s * F)
+    paper = drawn()
     torch.testing.assert_close(regression_predict(paper, x_up), paper(torch.zeros_like(x_up), x_up, torch.ones(2)))
+    assert (regression_predict(paper, x_up) - x_up).abs().mean() > 0.1    # the paper's network predicts y itself
 
 
 def test_v_head_keeps_eps_hat_in_float32_under_autocast():

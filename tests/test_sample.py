@@ -12,7 +12,7 @@ from sr3_mini import diffusion as D
 from sr3_mini.resize import downsample, upsample
 from sr3_mini.sample import Stage, Trajectory, cascade, ddim_loop, default_inference_schedule, sample_loop, super_resolve
 from sr3_mini import sample as sample_module
-from sr3_mini.search import schedule_search
+from sr3_mini.evaluate import schedule_search
 from sr3_mini.viz import plot_schedule_search
 from sr3_mini.schedule import Schedule
 

@@ -115,3 +115,16 @@ def test_sample_gamma_is_per_sample_and_seeded():
     assert abs(r) < 5 / math.sqrt(a.numel())  # neighbours in a batch are independent
     with pytest.raises(ValueError, match="batch_size"):
         s.sample_gamma(0)
+
+
+def test_gammas_on_a_device_are_copied_once_and_follow_the_schedule():
+    """sample_gamma's table on the generator's device is cached (no copy per training step, tests/test_transfers.py),
+    and never stale: from_gammas replaces ``gammas`` after construction."""
+    s = Schedule.linear(10, 1e-3, 0.1)
+    table = s.gammas_on("cpu", torch.float32)
+    assert s.gammas_on("cpu", torch.float32) is table and torch.equal(table, s.gammas.float())
+    assert s.gammas_on("cpu") is not table and s.gammas_on("cpu").dtype == torch.float64
+    r = s.respaced(4)                                       # built by from_gammas
+    assert torch.equal(r.gammas_on("cpu"), r.gammas)
+    r.gammas = r.gammas.clone() * 0.5
+    assert torch.equal(r.gammas_on("cpu"), r.gammas)

@@ -1,9 +1,11 @@
-"""The trainer (Algorithm 1): warm-up, EMA, batches, exact resume, non-finite stop, regression baseline,
-validation, time budget, command line, and DDP on two CPU processes. All on the tiny U-Net at 16x16."""
+"""The trainer (Algorithm 1): warm-up, EMA, batches, exact resume (float16 loss scaling included), non-finite
+stop, regression baseline, validation, time budget, config errors, command line, and DDP on two CPU processes
+(agreement, and a non-finite value on one rank). All on the tiny U-Net at 16x16."""
 import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from sr3_mini import accel, diffusion
 from sr3_mini import checkpoint as C
-from sr3_mini import diffusion
-from sr3_mini.schedule import Schedule
 from sr3_mini.cli import main as cli_main
+from sr3_mini.data import load_data
 from sr3_mini.resize import downsample, upsample
-from sr3_mini.train import (NonFiniteLossError, TrainConfig, ema_decay_at, ema_update, lr_at, sample_batch,
-                             step_loss, train)
-from sr3_mini.train_run import load_data
+from sr3_mini.schedule import Schedule
+from sr3_mini.train import (ConfigError, NonFiniteLossError, TrainConfig, ema_decay_at, ema_update, lr_at,
+                            sample_batch, step_loss, train)
 from sr3_mini.viz import plot_log
 from sr3_mini.unet import UNet
 
@@ -103,6 +105,47 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
             assert torch.equal(state[name], b["optimizer"]["state"][i][name])
     assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
     assert [r["loss"] for r in log(config(tmp_path, "straight"))] == [r["loss"] for r in log(config(tmp_path, "split"))]
+
+
+def test_fp16_resume_restores_the_loss_scaler(tmp_path, monkeypatch):
+    """The GradScaler's state (scale, growth tracker) is in the checkpoint: an fp16 run resumed at step 2 ends where
+    the uninterrupted run does, bit for bit. growth_interval=1 changes the scale every step (the default, 2000, would
+    hide it in four steps); before the scaler was saved, the resumed run restarted at the initial scale and its
+    weights differed (by 1.5e-4 here)."""
+    scalers = []
+
+    def eager(device, autocast):
+        scalers.append(torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=1, enabled=autocast == "fp16"))
+        return scalers[-1]
+    monkeypatch.setattr(accel, "grad_scaler", eager)
+    kw = dict(autocast="fp16", lr=1e-3)
+    train(config(tmp_path, "straight", **kw), pool=POOL)
+    train(config(tmp_path, "split", steps=2, **kw), pool=POOL)
+    train(config(tmp_path, "split", resume="auto", **kw), pool=POOL)
+    assert scalers[2].get_scale() == scalers[0].get_scale() != 2.0**14
+    a, b = C.load_checkpoint(tmp_path / "straight" / "last.pt"), C.load_checkpoint(tmp_path / "split" / "last.pt")
+    assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] == scalers[0].get_scale()
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("kind", "gan"), ("autocast", "fp8"), ("loss_p", 3), ("steps", 0), ("steps", 2.5), ("batch_size", -1),
+    ("save_every", 0), ("log_every", 0), ("log_every", True), ("grad_accum", 0), ("crop", 0), ("crop", 18),
+    ("schedule_T", 0), ("val_steps", 3000), ("lr", 0.0), ("lr", float("nan")), ("lr", float("inf")),
+    ("grad_clip", -1.0), ("ema_decay", 1.5), ("minutes", float("nan")), ("beta_end", 1.0), ("device", "gpu0")])
+def test_config_errors_are_raised_by_the_config_before_anything_is_written(tmp_path, field, value):
+    """A TrainConfig checks its own fields when it is made, and ``train`` checks again (a field may be changed
+    after): a ConfigError naming the field, and no file written. Before, most of these ran after writing the run's
+    config.json (steps=0 then trained nothing), or failed inside the loop (log_every=0: a ZeroDivisionError)."""
+    with pytest.raises(ConfigError, match=field):
+        config(tmp_path, **{field: value})
+    cfg = config(tmp_path)
+    setattr(cfg, field, value)
+    with pytest.raises(ConfigError, match=field):
+        train(cfg, pool=POOL)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -214,12 +257,29 @@ def test_a_folder_of_photos_holds_whole_photos_out_for_validation(tmp_path):
     for i in range(3):
         Image.fromarray(POOL[i].permute(1, 2, 0).numpy()).resize((40, 40)).save(folder / f"{i}.png")
     cfg = config(tmp_path, data=str(folder), val_size=1, steps=1, val_every=1, kind="regression")
-    pool, val = load_data(cfg)
+    pool, val = load_data(cfg.data, cfg.crop, cfg.val_size, cache_dir=tmp_path / "run" / "crop_cache")
     assert val.shape == (1, 3, 16, 16) and pool.shape[1:] == (3, 16, 16) and len(pool) > 0
     from sr3_mini.data import FolderCrops
     index = FolderCrops(folder, crop=16, cache_dir=tmp_path / "run" / "crop_cache").image_index
     assert len(pool) == (index >= 1).sum()                                        # photo 0's crops left out
     assert train(cfg)["metrics"]["val_psnr"] > 0
+
+
+def torchrun(out: Path, *args: str, timeout: float) -> None:
+    """``torchrun --nproc_per_node=2 ddp_worker.py OUT ARGS``; fails the test when it fails or outlives ``timeout``
+    (a rank left waiting in a collective), killing the whole process group it started."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).with_name("ddp_worker.py")), str(out), *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail(f"the DDP run hung for {timeout} s (a rank waiting for another in a collective):\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-3000:]
 
 
 def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
@@ -232,11 +292,7 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     out.mkdir()
     for i in range(3):
         Image.fromarray(POOL[i].permute(1, 2, 0).numpy()).resize((40, 40)).save(photos / f"{i}.png")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(Path(__file__).with_name("ddp_worker.py")), str(out), str(photos)]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stderr[-3000:]
+    torchrun(out, str(photos), timeout=180)
     uses = [[json.loads(line)["from_cache"] for line in (out / f"rank{r}_cache.jsonl").read_text().splitlines()]
             for r in (0, 1)]
     assert uses == [[False], [True]]                     # rank 0 built the cache; rank 1 waited, then read it
@@ -254,6 +310,19 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     torch.manual_seed(0)
     initial = UNet.from_preset("tiny").state_dict()                       # and training did move the weights
     assert not torch.equal(initial["conv_in.weight"], rank0["conv_in.weight"])
+
+
+def test_ddp_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's loss turns NaN at step 2 under fp16 autocast. Its NaN gradient reaches rank 0 through the
+    all-reduce, but fp16's loss scaler treats a non-finite gradient as an overflow (it skips the update), so only
+    rank 1 sees a non-finite loss. Every rank must stop with NonFiniteLossError(2). Before, rank 1 raised alone and
+    rank 0 went on into the next all-reduce: there gloo failed it ("Connection closed by peer") once rank 1 had
+    exited, and a rank whose peer is still alive waits (the timeout). last.pt keeps step 1."""
+    out = tmp_path / "ddp"
+    out.mkdir()
+    torchrun(out, "--nonfinite", timeout=150)
+    assert [json.loads((out / f"rank{r}_error.json").read_text()) for r in (0, 1)] == [{"step": 2}] * 2
+    assert C.load_checkpoint(out / "last.pt")["step"] == 1
 
 
 @pytest.mark.cuda
