@@ -252,3 +252,54 @@ def my_x16(y):
 def my_x4x4(y):
     from sr3_mini.resize import downsample
     return downsample(downsample(y, 4), 4)
+
+
+# ---- notebook 10: the exact posterior --------------------------------------------------------------------------
+def my_guess_average():
+    # s = (s_1 + s_2) / 2 has Var[s | x] = V / 2: pairs differ by 2 (V / 2) = V, a sample misses the photo by
+    # V / 2 + V = 3 V / 2, so the ratio is 2 / 3
+    return 2 / 3
+
+
+def my_guess_fake():
+    # y = E[y_0 | x] + sqrt(Var[y_0 | x]) z: pairs differ by 2 V, a sample misses the photo by V + V = 2 V
+    return 1.0
+
+
+def my_c_t(alpha_t, gamma_t, gamma_prev):
+    # (4): the weight of y_0 in the posterior mean
+    return gamma_prev**0.5 * (1 - alpha_t) / (1 - gamma_t)
+
+
+def my_sigma_tilde2(alpha_t, gamma_t, gamma_prev):
+    # (4): the posterior variance, y_0 known
+    return (1 - gamma_prev) * (1 - alpha_t) / (1 - gamma_t)
+
+
+def my_reverse_variance(alpha_t, gamma_t, gamma_prev, lam):
+    # y_0 ~ N(m, lam): (3) gives Var y_{t-1} = gamma_{t-1} lam + 1 - gamma_{t-1}, (1) gives
+    # Cov(y_{t-1}, y_t) = sqrt(alpha_t) Var y_{t-1} and Var y_t = gamma_t lam + 1 - gamma_t; Schur complement
+    var_prev = gamma_prev * lam + 1 - gamma_prev
+    return var_prev - alpha_t * var_prev**2 / (gamma_t * lam + 1 - gamma_t)
+
+
+ANSWERS["10, exercise 2"] = (
+    "The fake sampler y = E[y_0 | x] + sqrt(Var[y_0 | x]) z has the right per-pixel mean and variance, so both "
+    "diversity (numerator 2V, denominator V + V) and the per-pixel variance ratio come out at 1. What it lacks is "
+    "the joint structure: p(y_0 | x) puts its mass near two textured images, m_0 and m_1, while the fake spreads "
+    "it over a Gaussian blob centred on their average. Per-pixel numbers cannot see that; a projection onto the "
+    "direction that separates the modes can: exact draws sit near +-|tau p| on it, two clusters, while the fake's "
+    "draws all sit near the middle, where p(y_0 | x) has almost no mass.")
+
+ANSWERS["10, exercise 3"] = (
+    "From (4): c_t = sqrt(gamma_{t-1}) (1 - alpha_t) / (1 - gamma_t) and sigma~^2 = (1 - gamma_{t-1})(1 - alpha_t) / "
+    "(1 - gamma_t). For y_0 ~ N(m, lam) the pair (y_{t-1}, y_t) is Gaussian: by (3) Var y_{t-1} = "
+    "gamma_{t-1} lam + 1 - gamma_{t-1} =: V', by (1) Cov(y_{t-1}, y_t) = sqrt(alpha_t) V' and Var y_t = "
+    "gamma_t lam + 1 - gamma_t =: V. Schur complement: Var[y_{t-1} | y_t] = V' - alpha_t V'^2 / V = "
+    "V' (V - alpha_t V') / V = (1 - alpha_t) V' / V, because V - alpha_t V' = 1 - alpha_t once "
+    "gamma_t = alpha_t gamma_{t-1}. On the other "
+    "side, with v = Var[y_0 | y_t] = lam (1 - gamma_t) / V: sigma~^2 + c_t^2 v = (1 - alpha_t) / ((1 - gamma_t) V) "
+    "[(1 - gamma_{t-1}) V + gamma_{t-1} (1 - alpha_t) lam], and the bracket equals (1 - gamma_t) V' (expand it), so "
+    "both are (1 - alpha_t) V' / V. For Gaussian data the KL-optimal sigma*^2 is therefore not an approximation: it "
+    "is the exact variance of the true reverse step, direction by direction of the covariance. For other data the "
+    "true step is not Gaussian, and one isotropic sigma*^2 is only the best average over directions.")

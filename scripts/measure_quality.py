@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-regression", action="store_true", help="skip the regression baseline and bicubic")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--csv", default=str(ROOT / "data" / "quality.csv"), help="rows are appended")
+    p.add_argument("--per-image", help="also append every image's row to this CSV")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
             for setting in args.samplers:
                 t = time.perf_counter()
                 rows = evaluate(y, sr3, None, settings=[setting], seeds=args.seeds, names=names)
+                if args.per_image:
+                    _append(args.per_image, [{"set": name, **r} for r in rows if r["method"] == "SR3"])
                 m = means([r for r in rows if r["method"] == "SR3"])[("SR3", setting.label)]
                 written.append({**base, "method": "SR3", "sampler": setting.sampler,
                                 "variance": setting.variance if setting.sampler == "ddpm" else "",
@@ -101,6 +104,15 @@ def main(argv=None) -> int:
                 print(f"{name} SR3 {setting.label}: {_fmt(written[-1])} ({time.perf_counter() - t:.0f} s)", flush=True)
     print(table(written))
     return 0
+
+
+def _append(path, rows) -> None:
+    new = not Path(path).exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            w.writeheader()
+        w.writerows(rows)
 
 
 def _round(m: dict) -> dict:

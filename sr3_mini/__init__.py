@@ -2,7 +2,7 @@
 
 Image super-resolution by conditional denoising diffusion: start from Gaussian noise y_T and refine it, step by
 step, with a U-Net f_theta(x, y_t, gamma) that sees the low-resolution image x. Equation numbers (1)-(10)
-throughout are those of ``shared/paper/EQUATIONS.md``.
+throughout are those of ``notebooks/EQUATIONS.md``.
 
 Modules, in the paper's order: ``schedule`` (alpha, gamma, p(gamma)), ``diffusion`` (the equations),
 ``resize`` (how x is made and upsampled), ``unet`` (f_theta, Table 1), ``data``, ``train`` (Algorithm 1),

@@ -1,6 +1,6 @@
 """Running f_theta fast without changing an equation: compilation, CUDA graphs, memory format, float16.
 
-SR3's equations do not care how the network is executed; the GPU's time does (shared/GPU-MEASUREMENTS.md). This
+SR3's equations do not care how the network is executed; the GPU's time does (benchmarks/RESULTS.md). This
 module holds every such choice, so that ``sample.super_resolve`` and the trainer each take one ``compile`` option:
 
 - ``compile_net``: ``torch.compile`` with ``dynamic=False``. A compiled forward is specialised on the shape, dtype
@@ -20,9 +20,9 @@ module holds every such choice, so that ``sample.super_resolve`` and the trainer
   do not flush to zero in float16: ``torch.amp.GradScaler``.
 
 ``compile`` defaults to off everywhere: on an H200 the bare compiled forward ran 2.1x faster than eager
-(GPU-MEASUREMENTS, section 3) but compiling took 40-70 s per configuration, which one 100-step image does not
-repay; and this module's compiled paths are tested on CPU only, not yet timed on a GPU. ``"auto"``: compile
-on CUDA only. Relies on ``blocks`` (for ``fused_group_norm``) and nothing else in sr3_mini.
+(benchmarks/RESULTS.md, "The GPU fast path") but compiling took 40-70 s per configuration, which one 100-step
+image does not repay; and this module's compiled paths are tested on CPU only, not yet timed on a GPU.
+``"auto"``: compile on CUDA only. Relies on ``blocks`` (for ``fused_group_norm``) and nothing else in sr3_mini.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # The layout the network runs in, per device type, for sampling (measured, one process, interleaved):
 # - cuda: NCHW. H200, sr3_16_128 batch 16, one eager bf16 step: 54.9 ms NCHW vs 64.7 ms channels_last; fp32
-#   59.8 vs 71.3 ms (GPU-MEASUREMENTS, section 1); the compiled forward was measured in NCHW (section 3).
+#   59.8 vs 71.3 ms (benchmarks/RESULTS.md, "The GPU fast path"); the compiled forward was measured in NCHW.
 # - cpu: channels_last. mini preset, fp32, 64x64: batch 8 142 ms vs 178 ms per step (benchmarks/RESULTS.md); the
 #   bundled model's 50-step sampler 2.85 s vs 3.62 s per image. oneDNN convolutions run without layout reorders.
 # Other devices (mps, ...): the input's own layout.
@@ -95,11 +95,13 @@ def compile_net(net: torch.nn.Module, cuda_graphs: bool = False):
 class SamplingNet:
     """f_theta for the sampling loop: ``SamplingNet(model, device, compile)(y_t, x_up, gamma) -> eps_hat``.
 
-    Calls ``model`` with y_t and x_up in ``memory_format(device)`` and gamma as float32 ``[B]`` on the device,
-    compiled when ``wants_compile(compile, device)``, and on CUDA then replayed as a CUDA graph unless
-    ``cuda_graphs=False`` (a compiled CUDA call runs inside ``cuda_tuning``). With CUDA graphs each call's output
-    lives in the graph's memory until the next call: the sampler uses eps_hat before it calls again, which is all
-    the graph needs. Other callables than ``torch.nn.Module`` (the tests' oracles) are called as they are.
+    Calls ``model`` with y_t and x_up in ``memory_format(device)`` and in the caller's dtype (a float16 model
+    casts them itself, and its v head keeps the float32 y_t: ``unet.UNet.forward``), gamma as float32 ``[B]`` on
+    the device when compiled, compiled when ``wants_compile(compile, device)``, and on CUDA then replayed as a
+    CUDA graph unless ``cuda_graphs=False`` (a compiled CUDA call runs inside ``cuda_tuning``). With CUDA graphs
+    each call's output lives in the graph's memory and the next call overwrites it; ``sample.refine`` copies every
+    eps_hat it is handed, so a sampler may keep it. Other callables than ``torch.nn.Module`` (the tests' oracles)
+    are called as they are.
     """
 
     def __init__(self, model, device, compile=False, cuda_graphs: bool = True):
@@ -109,15 +111,10 @@ class SamplingNet:
         self.compiled = wants_compile(compile, device) and is_module
         self.cuda_graphs = self.compiled and cuda_graphs and device.type == "cuda"
         self.memory_format = memory_format(device) if is_module else torch.preserve_format
-        weight = next(model.parameters(), None) if is_module else None
-        # a float16/bf16 model (model.half(), T4-class GPUs) takes its inputs in its own dtype
-        self.dtype = weight.dtype if weight is not None and weight.dtype in AUTOCAST.values() else None
         self.tuning = self.compiled and device.type == "cuda"
         self.net = compile_net(model, self.cuda_graphs) if self.compiled else model
 
     def __call__(self, y_t: torch.Tensor, x_up: torch.Tensor, gamma) -> torch.Tensor:
-        if self.dtype is not None:
-            y_t, x_up = y_t.to(self.dtype), x_up.to(self.dtype)
         if self.memory_format is not torch.preserve_format:
             y_t, x_up = (t.contiguous(memory_format=self.memory_format) for t in (y_t, x_up))
         if self.compiled:  # one dtype and shape for gamma: no recompile (see the module docstring)

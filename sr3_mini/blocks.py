@@ -1,7 +1,7 @@
 """The building blocks of SR3's U-Net f_theta(x, y_t, gamma): section 2.4 and Table 1 of the paper.
 
 Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), section 2.4 ("Architecture" in
-``shared/paper/EQUATIONS.md``): SR3 takes the DDPM U-Net and (a) replaces its residual blocks by those of
+``notebooks/EQUATIONS.md``): SR3 takes the DDPM U-Net and (a) replaces its residual blocks by those of
 BigGAN (Brock et al., 2019), (b) rescales skip connections by 1/sqrt(2), (c) uses more residual blocks per
 resolution. The paper leaves the details open; we follow the score-SDE code (Song et al., 2021,
 ``ResnetBlockBigGANpp``), which SR3's authors cite for these changes, and ADM's "scale-shift norm"
@@ -58,7 +58,7 @@ class GroupNorm(nn.GroupNorm):
     off and the affine weights cast to it (PyTorch still accumulates mean and variance in float32). Why: autocast
     runs GroupNorm in float32, so every elementwise op up to the next convolution moved 4-byte values, and on CUDA
     under channels_last each call also copied to NCHW: 45 % of the bf16 sampling step's GPU time was such copies
-    (shared/GPU-MEASUREMENTS.md, section 2). With ``fused`` (off by default; ``accel.fused_group_norm(model)``
+    (benchmarks/RESULTS.md, "The GPU fast path"). With ``fused`` (off by default; ``accel.fused_group_norm(model)``
     switches it per network), without autograd, on CUDA: one fused Triton kernel (``kernels.group_norm_film_silu``)
     reads x once in its own memory format and writes the result.
     """

@@ -21,9 +21,9 @@ over the destination (``os.replace`` is atomic on POSIX and Windows) and fsyncs 
 any moment leaves either the previous checkpoint or the new one, never a mixture. A kill may leave a stray
 ``*.tmp`` file beside it, which is harmless.
 
-The regression baseline of the paper (section 4) uses the same U-Net and file format with ``kind="regression"``;
-``regression_predict`` is its inference, kept here so the sampler and the command line need not import the
-trainer.
+The regression baseline of the paper (section 4) uses the same U-Net and file format with ``kind="regression"``
+(``KINDS``: the one spelling of the kinds); its inference is ``sample.regression_predict``. Files only: no
+inference here.
 """
 from __future__ import annotations
 
@@ -37,18 +37,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FORMAT", "REGRESSION_GAMMA", "make_state", "save_checkpoint", "load_checkpoint", "load_model",
-           "unet_config_from_dict", "check_state_dict", "restore_training", "export_for_release",
-           "regression_predict"]
+__all__ = ["FORMAT", "KINDS", "make_state", "save_checkpoint", "load_checkpoint", "load_model",
+           "unet_config_from_dict", "check_state_dict", "load_weights", "restore_training", "export_for_release"]
 
 FORMAT = "sr3_mini/1"
 REQUIRED_KEYS = ("format", "kind", "unet_config", "schedule", "scale", "model")
-KINDS = ("sr3", "regression")
+KINDS = ("sr3", "regression")   # a diffusion model (Algorithm 2) or the paper's regression baseline (section 4)
 BIG_KEYS = ("model", "ema", "optimizer", "rng", "scaler")  # left out of load_model's ``info`` and of exports
-
-# The regression network keeps the signature f_theta(y_t, x_up, gamma) of the diffusion model so that both share
-# one U-Net: it is always fed y_t = 0 and this constant gamma (1 = "no noise"), and its output is y itself.
-REGRESSION_GAMMA = 1.0
 
 
 def make_state(*, kind: str, model, schedule, scale: int, ema=None, optimizer=None, step: int = 0, rng=None,
@@ -156,15 +151,22 @@ def load_model(path, device="cpu", use_ema: bool = True):
 
     state = load_checkpoint(path)
     model = UNet(unet_config_from_dict(state["unet_config"]))
-    use = "ema" if use_ema and state.get("ema") is not None else "model"
-    sd = state[use]
-    if sd is None:
-        raise ValueError(f"{path} holds no weights under {use!r}")
-    check_state_dict(model, sd, what=f"{use} weights of {path}")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    use = load_weights(model, state, use_ema, f" of {path}")
     info = {k: v for k, v in state.items() if k not in BIG_KEYS}
     info["weights"] = state.get("weights_source", use)
     return model.to(device).eval(), info
+
+
+def load_weights(model: torch.nn.Module, state: dict, use_ema: bool = True, where: str = "") -> str:
+    """Load a checkpoint's weights into ``model`` as float32: its EMA when ``use_ema`` and present, else its raw
+    weights (``check_state_dict`` first; ``where`` ends the error messages). Returns "ema" or "model"."""
+    use = "ema" if use_ema and state.get("ema") is not None else "model"
+    sd = state[use]
+    if sd is None:
+        raise ValueError(f"the checkpoint{where} holds no weights under {use!r}")
+    check_state_dict(model, sd, what=f"{use} weights{where}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    return use
 
 
 def restore_training(state: dict, *, model, ema, optimizer, generator: torch.Generator, scaler=None, rank: int = 0,
@@ -217,16 +219,3 @@ def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
                weights_source="ema" if state.get("ema") is not None else "model")
     return save_checkpoint(dst, out)
 
-
-def regression_predict(model: torch.nn.Module, x_up: torch.Tensor, config=None) -> torch.Tensor:
-    """The regression baseline's prediction of y from the upsampled input ``x_up`` [B, 3, H, W]: one forward
-    pass with y_t = 0 and gamma = REGRESSION_GAMMA. Returns [B, 3, H, W] (unclamped). A network with
-    ``config.target == "residual"`` predicts the scaled residual F, and the prediction is x_up + scale * F.
-    ``config``: the network's UNetConfig (default: ``model.config``; pass it when the model is wrapped)."""
-    y_t = torch.zeros_like(x_up)
-    gamma = torch.full((x_up.shape[0],), REGRESSION_GAMMA, device=x_up.device, dtype=x_up.dtype)
-    out = model(y_t, x_up, gamma)
-    config = config if config is not None else getattr(model, "config", None)
-    if getattr(config, "target", "y") == "residual":
-        return x_up + config.residual_scale * out          # deviation: predict y - x_up, not y (UNetConfig.target)
-    return out

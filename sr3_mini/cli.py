@@ -13,7 +13,7 @@ and tiled (``tiling.py``), and ``upscale`` refuses, before it starts, a run esti
 option values, a training configuration that cannot run) end with one line ``sr3-mini: error: ...`` on stderr
 and exit status 2, having written nothing; outputs are written atomically.
 Here: parsing and messages only; what each command does is in ``commands.py``.
-Relies on: commands, train (TrainConfig, for ``train``'s options).
+Relies on: commands, train (TrainConfig, for ``train``'s options), checkpoint (``KINDS``).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+from .checkpoint import KINDS
 from .commands import (DEFAULT_STEPS, DEFAULT_TILE, DEMO_STEPS, MAX_GIB, MAX_MINUTES, CLIError, cmd_demo,
                        cmd_evaluate, cmd_train, cmd_upscale)
 
@@ -114,7 +115,7 @@ def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sr3-mini train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train SR3 (Algorithm 1) or the regression baseline. Writes last.pt, "
                                 "config.json, log.jsonl, val_*.png and loss.png to --out-dir.")
-    choices = {"kind": ("sr3", "regression"), "autocast": ("none", "bf16", "fp16"), "loss_p": (1, 2)}
+    choices = {"kind": KINDS, "autocast": ("none", "bf16", "fp16"), "loss_p": (1, 2)}
     for f in dataclasses.fields(TrainConfig):
         flag, default = "--" + f.name.replace("_", "-"), getattr(TrainConfig(), f.name)
         if f.name == "unet":
@@ -130,8 +131,9 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv=None):
-    """The TrainConfig of ``sr3-mini train`` options; --unet values are Python literals where they parse."""
-    from .train import TrainConfig
+    """The TrainConfig of ``sr3-mini train`` options; --unet values are Python literals where they parse.
+    A field out of range (``train.ConfigError``) is a CLIError: one line on stderr, exit status 2."""
+    from .train import ConfigError, TrainConfig
     args = vars(train_parser().parse_args(argv))
     unet = {}
     for item in args.pop("unet"):
@@ -141,7 +143,10 @@ def config_from_args(argv=None):
         with contextlib.suppress(ValueError, SyntaxError):
             value = ast.literal_eval(value)
         unet[key] = value
-    return TrainConfig(**args, unet=unet)
+    try:
+        return TrainConfig(**args, unet=unet)
+    except ConfigError as e:                      # checked when the config is made, before anything runs
+        raise CLIError(str(e)) from None
 
 
 def main(argv=None) -> int:

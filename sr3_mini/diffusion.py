@@ -1,4 +1,5 @@
-"""The equations of SR3 as pure functions: (1), (3)-(6), (8)-(10) of ``shared/paper/EQUATIONS.md``.
+"""The equations of SR3 as pure functions: (1), (3)-(6), (8)-(10) of ``notebooks/EQUATIONS.md``, and the variable
+they act on (``Target``).
 
 Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), sections 2.1-2.3.
 
@@ -14,13 +15,20 @@ then stays a 0-d CPU tensor, which broadcasts against an image on any device wit
 per-sample CPU values are moved to the image's device, and values already on an accelerator stay there, in their
 own dtype. Inputs are never modified. Ranges are checked on Python numbers and CPU tensors; on an accelerator the
 check is skipped, since it would stall the device on every call.
+
+``Target`` is not an equation of the paper: it says what y_0 is. The paper's y_0 is the HR image y
+(``Target()``); the residual deviation (``UNetConfig.target = "residual"``, after SRDiff) diffuses
+y_0 = (y - x_up) / scale instead. The equations are the same for both; ``unet.target_of(model)`` says which
+one a network was trained on, and the trainer, the sampler and the regression baseline change variables with it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["q_step", "q_sample", "posterior", "loss", "predict_y0", "p_mean", "p_sample_step", "to_residual",
-           "from_residual"]
+__all__ = ["q_step", "q_sample", "posterior", "loss", "predict_y0", "p_mean", "p_sample_step", "TARGETS", "Target",
+           "to_residual", "from_residual"]
 
 
 def q_step(y_prev: torch.Tensor, alpha_t, noise: torch.Tensor) -> torch.Tensor:
@@ -184,3 +192,36 @@ def from_residual(r: torch.Tensor, x_up: torch.Tensor, scale: float) -> torch.Te
     """y = x_up + scale * r, the inverse of ``to_residual``."""
     _same_shape(r, x_up, "r", "x_up")
     return x_up + scale * r
+
+
+TARGETS = ("y", "residual")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What y_0 of the equations is, for images y and upsampled LR inputs x_up ``[B, 3, H, W]``.
+
+    ``Target()`` or ``Target("y")``: the paper's, y_0 = y; every method is the identity. ``Target("residual",
+    scale)``: the deviation, y_0 = (y - x_up) / scale (``to_residual``; ``scale`` is ignored for "y").
+    ``encode(y, x_up)`` -> y_0; ``decode(y_0, x_up)`` -> y; ``bounds(x_up, low, high)`` -> the range of y_0 whose
+    image lies in [low, high] (floats for "y", per-pixel tensors for "residual"), where a sampler clamps y^_0.
+    """
+    kind: str = "y"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in TARGETS:
+            raise ValueError(f"target must be 'y' (the paper) or 'residual', got {self.kind!r}")
+        if not self.scale > 0:
+            raise ValueError(f"residual_scale must be > 0, got {self.scale!r}")
+
+    def encode(self, y: torch.Tensor, x_up: torch.Tensor) -> torch.Tensor:
+        return y if self.kind == "y" else to_residual(y, x_up, self.scale)
+
+    def decode(self, y_0: torch.Tensor, x_up: torch.Tensor) -> torch.Tensor:
+        return y_0 if self.kind == "y" else from_residual(y_0, x_up, self.scale)
+
+    def bounds(self, x_up: torch.Tensor, low: float = -1.0, high: float = 1.0) -> tuple:
+        if self.kind == "y":
+            return low, high
+        return (low - x_up) / self.scale, (high - x_up) / self.scale   # encode is increasing: the ends map to ends

@@ -8,7 +8,8 @@ generator seeded with the seed (so a result does not depend on the other images)
 draws also give ``metrics.diversity``: 1 for a sampler of p(y|x), 0 for a predictor of its mean. A metric is
 added in ``metrics.py`` and in ``METRICS`` here, and nowhere else.
 
-Relies on: sample (Algorithm 2, the regression baseline's one pass), metrics, data, resize, schedule.
+Relies on: sample (Algorithm 2, the regression baseline's one pass), unet (``target_of``), metrics, data, resize,
+schedule.
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from . import metrics as M
 from .data import bundled_eval_images, data_dir, load_image, save_image
 from .resize import downsample, upsample
 from . import diffusion as D
-from .checkpoint import regression_predict
-from .sample import residual_scale, super_resolve
+from .sample import regression_predict, super_resolve
 from .schedule import Schedule
+from .unet import target_of
 from .variance import VarianceTable
 
 __all__ = ["METRICS", "Sampler", "held_out", "sr3_draws", "score", "evaluate", "means", "estimate_var_y0",
@@ -156,7 +157,7 @@ def estimate_var_y0(model, y: torch.Tensor, scale: int = 4, log_snr=None, repeat
     params = next(model.parameters())
     was_training = model.training
     model.eval()
-    s = residual_scale(model)
+    target = target_of(model)
     out = []
     try:
         for lam in grid:
@@ -166,8 +167,8 @@ def estimate_var_y0(model, y: torch.Tensor, scale: int = 4, log_snr=None, repeat
                 for i in range(0, len(y), batch):
                     y_b = y[i:i + batch].float()
                     x_up = upsample(downsample(y_b, scale), scale)
-                    y_0 = D.to_residual(y_b, x_up, s) if s is not None else y_b
-                    low, high = ((-1 - x_up) / s, (1 - x_up) / s) if s is not None else (-1.0, 1.0)
+                    y_0 = target.encode(y_b, x_up)
+                    low, high = target.bounds(x_up)
                     eps = torch.randn(y_0.shape, generator=generator)
                     y_t = D.q_sample(y_0, gamma, eps)                                  # (5)
                     g = torch.full((len(y_0),), gamma)
@@ -201,7 +202,7 @@ def denoiser_calibration(model, y: torch.Tensor, gammas=(0.99, 0.9, 0.7, 0.5, 0.
     params = next(model.parameters())
     was_training = model.training
     model.eval()
-    s = residual_scale(model)
+    target = target_of(model)
     detail = lambda t: t - upsample(downsample(t, scale), scale)
     rows = []
     try:
@@ -210,7 +211,7 @@ def denoiser_calibration(model, y: torch.Tensor, gammas=(0.99, 0.9, 0.7, 0.5, 0.
             for i in range(0, len(y), batch):
                 y_b = y[i:i + batch].float()
                 x_up = upsample(downsample(y_b, scale), scale)
-                y_0 = D.to_residual(y_b, x_up, s) if s is not None else y_b
+                y_0 = target.encode(y_b, x_up)
                 eps = torch.randn(y_0.shape, generator=generator)
                 y_t = D.q_sample(y_0, gamma, eps)                                      # (5)
                 g = torch.full((len(y_0),), float(gamma))

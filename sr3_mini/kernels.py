@@ -3,7 +3,7 @@
     out = SiLU(GroupNorm(x) * (1 + scale) + shift)      (ResBlock's second norm; its first and ``norm_out``: no FiLM)
 
 Eager PyTorch makes this three to five passes over the activation, and on CUDA its GroupNorm reads NCHW only, so a
-channels_last activation is copied there and back (shared/GPU-MEASUREMENTS.md, section 2). Here one program per
+channels_last activation is copied there and back (benchmarks/RESULTS.md, "The GPU fast path"). Here one program per
 (sample, group) reads the group's C/G x H x W values twice: pass 1 sums x and x^2 in float32, pass 2 writes
 
     y = a_c x + d_c,   a_c = w_c rstd (1 + scale_c),   d_c = (b_c - mean w_c rstd)(1 + scale_c) + shift_c

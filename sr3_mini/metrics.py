@@ -132,6 +132,8 @@ def grain(y_hat: torch.Tensor, y: torch.Tensor, patch: int = 32, flat_std: float
     with no flat tile. Power on luminance under a Hann window, as ``high_frequency_share``."""
     y_hat, y = _pair(y_hat, y)
     B, C, H, W = y.shape
+    if H < patch or W < patch:                                             # no whole tile: nothing to score
+        return _reduce(torch.full((B,), float("nan"), dtype=y.dtype, device=y.device), reduction)
     tiles = lambda t: t[..., :H // patch * patch, :W // patch * patch].unfold(2, patch, patch).unfold(3, patch, patch)
     a, b = tiles(y_hat), tiles(y)                                          # [B, C, nh, nw, patch, patch]
     flat = (b / 2).std(dim=(1, 4, 5)) < flat_std                           # [B, nh, nw]; std on the 0..1 scale

@@ -1,7 +1,7 @@
 """The noise schedule of SR3: the constants alpha_t and gamma_t of equations (1)-(3), and p(gamma).
 
 Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), section 2.1 and Algorithm 1;
-equation numbers are those of ``shared/paper/EQUATIONS.md``.
+equation numbers are those of ``notebooks/EQUATIONS.md``.
 
 The index convention, written down once for the whole project:
 

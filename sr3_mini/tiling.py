@@ -7,7 +7,7 @@ and x_up, the tiles' eps are blended with weights that fall off towards tile edg
 on the whole image with whole-image noise z (as MultiDiffusion, Bar-Tal et al. 2023). So there is one sample,
 not a patchwork of independent ones, and no seams: the overlap is a quarter of the tile, which is why a tile
 must be at least 4 x ``model.multiple``.
-Relies on: sample (super_resolve), checkpoint (regression_predict), resize, schedule.
+Relies on: sample (super_resolve, regression_predict), resize, schedule.
 """
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .checkpoint import regression_predict
 from .resize import upsample
-from .sample import super_resolve
+from .sample import regression_predict, super_resolve
 from .schedule import Schedule
 
 __all__ = ["Tiled", "upscale_image", "estimate_cost"]
@@ -32,12 +31,12 @@ PROBE = 128   # side of the patch timed by estimate_cost (a whole tile's attenti
 
 class Tiled(torch.nn.Module):
     """f_theta(y_t, x_up, gamma) evaluated on overlapping ``tile`` x ``tile`` windows (HR pixels, multiples of
-    ``model.multiple``) whose eps are blended: [B, 3, H, W] -> [B, 3, H, W]. Images that fit run whole."""
+    ``model.multiple``) whose eps are blended: [B, 3, H, W] -> [B, 3, H, W]. Images that fit run whole.
+    What it predicts is the wrapped model's: ``unet.target_of`` reads it through ``.model``."""
 
     def __init__(self, model, tile: int, batch: int = 4):
         super().__init__()
         self.model, self.multiple, self.batch = model, model.multiple, batch
-        self.config = getattr(model, "config", None)   # what the sampler reads: the residual target, if any
         if tile < 4 * self.multiple:
             raise ValueError(f"a tile of {tile} HR pixels leaves no overlap between tiles (seams): it must be at "
                              f"least 4 x model.multiple = {4 * self.multiple}")

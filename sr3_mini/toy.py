@@ -2,7 +2,7 @@
 
 SR3 claims to *sample* p(y | x), not to regress its mean. On photos nobody knows p(y | x); here everything is
 closed form, so a sampler run with the exact denoiser can be checked for mode weights, per-pixel moments and
-diversity, and a learned f_theta against eps*. Equation numbers are those of ``shared/paper/EQUATIONS.md``.
+diversity, and a learned f_theta against eps*. Equation numbers are those of ``notebooks/EQUATIONS.md``.
 
 The problem (all float64, built from one seeded generator):
   * prior  p(y_0) = sum_k w_k N(mu_k, Sigma_k) over images ``[C, H, W]`` (d = C H W). Components 0 and 1 share

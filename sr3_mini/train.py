@@ -11,7 +11,7 @@ Around it: Adam with linear warm-up, gradient clipping, an EMA of the weights (t
 optional bf16 autocast / channels_last / torch.compile, gradient accumulation, DDP under ``torchrun``, atomic
 checkpoints (checkpoint.py), a JSON-lines log, periodic validation (PSNR, consistency, a PNG grid).
 ``kind="regression"`` trains the paper's regression baseline: the same U-Net fed y_t = 0 and a constant gamma
-(checkpoint.regression_predict), MSE between its output and y_0.
+(sample.regression_predict), MSE between its output and y_0.
 
 Randomness: every draw of a step (crops, crop offsets, flips, gamma, eps) comes from ONE torch.Generator on the
 training device, seeded with ``cfg.seed`` and saved in each checkpoint, so resuming at step k and running to
@@ -22,7 +22,8 @@ single-process run with the global batch (equal up to the rounding of the gradie
 pool is moved to the device once; cropping, flipping and downsampling run there on whole batches; the loop waits
 for the device only every ``log_every`` steps (loss, non-finite check: under DDP every rank stops at the first
 non-finite step of any). Only rank 0 writes files. Relies on: checkpoint (saving, ``restore_training``), data
-(``load_data_once``), diffusion, resize, schedule, unet, accel; the command line is in ``cli.py``.
+(``load_data_once``), diffusion, resize, schedule, unet (``target_of``), sample (``regression_predict``), evaluate
+(``validate``), accel; the command line is in ``cli.py``.
 """
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ from tqdm.auto import tqdm
 
 from sr3_mini import accel
 from sr3_mini import diffusion as D
-from sr3_mini.checkpoint import (check_state_dict, load_checkpoint, make_state, regression_predict, restore_training,
-                                 save_checkpoint)
+from sr3_mini.checkpoint import KINDS, load_checkpoint, load_weights, make_state, restore_training, save_checkpoint
 from sr3_mini.data import from_uint8, load_data_once
 from sr3_mini.evaluate import validate
 from sr3_mini.resize import downsample, upsample
+from sr3_mini.sample import regression_predict
 from sr3_mini.schedule import Schedule
+from sr3_mini.unet import UNet, target_of
 
 __all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "train", "make_adam", "lr_at", "ema_decay_at",
            "ema_update", "sample_batch", "step_loss", "validate", "dist_env"]
@@ -132,7 +134,7 @@ def _device(v) -> bool:
 
 
 _RULES = {  # field: (test, what it must be), for TrainConfig.check
-    "kind": (lambda v: v in ("sr3", "regression"), "'sr3' or 'regression'"),
+    "kind": (lambda v: v in KINDS, " or ".join(map(repr, KINDS))),
     "autocast": (lambda v: v in ("none", "bf16", "fp16"), "'none', 'bf16' or 'fp16'"),
     "loss_p": (lambda v: v in (1, 2), "1 or 2"),
     **{k: (lambda v: _integer(v) and v >= 1, "an integer >= 1") for k in (
@@ -207,14 +209,13 @@ def sample_batch(pool: torch.Tensor, n: int, cfg: TrainConfig, schedule: Schedul
     return y_0, gamma, eps
 
 
-def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int, config=None) -> torch.Tensor:
-    """Loss of one (micro-)batch. sr3: (6) on y~ of (5). regression: MSE of its prediction of y_0.
-    ``config``: the network's UNetConfig (default: ``net.config``; pass it when net is wrapped by DDP)."""
-    config = config if config is not None else getattr(net, "config", None)
+def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int) -> torch.Tensor:
+    """Loss of one (micro-)batch. sr3: (6) on y~ of (5), in the network's variable (``target_of(net)``, read
+    through DDP and torch.compile: the residual deviation diffuses (y - x_up) / scale). regression: MSE of its
+    prediction of y_0."""
     if kind == "regression":
-        return D.loss(regression_predict(net, x_up, config).float(), y_0, p=2)
-    if getattr(config, "target", "y") == "residual":           # deviation: diffuse r = (y - x_up) / scale
-        y_0 = D.to_residual(y_0, x_up, config.residual_scale)
+        return D.loss(regression_predict(net, x_up).float(), y_0, p=2)
+    y_0 = target_of(net).encode(y_0, x_up)                     # the paper: y_0 itself
     y_t = D.q_sample(y_0, gamma, eps)                          # (5): y~ = sqrt(gamma) y_0 + sqrt(1 - gamma) eps
     eps_hat = net(y_t, x_up, gamma.to(y_0.dtype))              # f_theta(x, y~, gamma); x enters as x_up
     return D.loss(eps_hat.float(), eps, p)                     # (6): || f_theta - eps ||_p^p
@@ -243,20 +244,15 @@ def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor 
 
 
 def _train(cfg, pool, val, device, rank, world, t_start):
-    from sr3_mini.unet import UNet
     out, schedule = Path(cfg.out_dir), Schedule.linear(cfg.schedule_T, cfg.beta_start, cfg.beta_end)
     torch.manual_seed(cfg.seed)                                # the same initial weights on every rank
-    try:
+    with _config_errors(f"preset {cfg.preset!r} with unet {cfg.unet}", TypeError):  # or a key UNetConfig lacks
         model = UNet.from_preset(cfg.preset, **cfg.unet)
-    except (ValueError, TypeError) as e:                       # an unknown preset, or a key UNetConfig lacks
-        raise ConfigError(f"preset {cfg.preset!r} with unet {cfg.unet}: {e}") from None
     if cfg.crop % model.multiple:
         raise ConfigError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple}")
-    if cfg.init:
-        state = _open(cfg.init, "--init")
-        weights = state["ema"] if state.get("ema") is not None else state["model"]
-        check_state_dict(model, weights, what=f"--init {cfg.init}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+    if cfg.init:                                               # a checkpoint's EMA weights (else its raw ones)
+        with _config_errors(f"--init {cfg.init}"):
+            load_weights(model, load_checkpoint(cfg.init))
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = make_adam(model, cfg.lr, device)
@@ -266,20 +262,16 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     step, metrics = 0, {}
     resume = str(out / "last.pt") if cfg.resume == "auto" and (out / "last.pt").exists() else cfg.resume
     if resume and resume != "auto":
-        try:
-            step, metrics = restore_training(_open(resume, "--resume"), model=model, ema=ema, optimizer=opt,
+        with _config_errors(f"cannot resume {resume}"):
+            step, metrics = restore_training(load_checkpoint(resume), model=model, ema=ema, optimizer=opt,
                                              generator=g, scaler=scaler, rank=rank, seed=cfg.seed,
                                              fixed={k: getattr(cfg, k) for k in ARCH_FIELDS})
-        except ValueError as e:
-            raise ConfigError(f"cannot resume {resume}: {e}") from None
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
     if pool is None:
-        try:
+        with _config_errors("--data"):                         # not a folder, no usable photo
             pool, val = load_data_once(rank, world, folder=cfg.data, crop=cfg.crop, val_size=cfg.val_size,
                                        cache_dir=out / "crop_cache", workers=cfg.num_workers)
-        except ValueError as e:                                # not a folder, no usable photo
-            raise ConfigError(str(e)) from None
     if cfg.crop > min(pool.shape[-2:]):
         raise ConfigError(f"crop={cfg.crop} is larger than the training crops ({pool.shape[-2]}x{pool.shape[-1]}); "
                           "choose a smaller crop, or train on a folder of photos (--data)")
@@ -334,7 +326,7 @@ def _train(cfg, pool, val, device, rank, world, t_start):
                 y_0, x_up, eps = (t.contiguous(memory_format=torch.channels_last) for t in (y_0, x_up, eps))
             with ddp.no_sync() if world > 1 and micro < cfg.grad_accum - 1 else contextlib.nullcontext():
                 with amp:
-                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p, model.config) / cfg.grad_accum
+                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p) / cfg.grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
         scaler.unscale_(opt)                                   # true gradients for the clip and its norm
@@ -344,7 +336,8 @@ def _train(cfg, pool, val, device, rank, world, t_start):
         opt.zero_grad(set_to_none=True)
         step += 1
         ema_update(ema, model, ema_decay_at(step, cfg))
-        finite = torch.isfinite(loss.detach()) & (torch.isfinite(grad_norm) | scaler.is_enabled())  # fp16: scaler's
+        # every micro-batch's loss since the last log is in loss_sum: one NaN or inf keeps it non-finite
+        finite = torch.isfinite(loss_sum) & (torch.isfinite(grad_norm) | scaler.is_enabled())  # fp16: scaler's
         bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
         pbar.update(1)
         out_of_time = time.monotonic() > deadline
@@ -379,11 +372,12 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     return {"step": step, "model": model, "ema": ema, "metrics": metrics, "stopped": stopped}
 
 
-def _open(path, what: str) -> dict:
-    """load_checkpoint with its errors as ConfigErrors naming the option (``what``)."""
+@contextlib.contextmanager
+def _config_errors(what: str, *also):
+    """A missing file or a ValueError (or ``also``) inside the block, as a ConfigError naming the setting."""
     try:
-        return load_checkpoint(path)
-    except (FileNotFoundError, ValueError) as e:
+        yield
+    except (FileNotFoundError, ValueError, *also) as e:
         raise ConfigError(f"{what}: {e}") from None
 
 

@@ -2,7 +2,7 @@
 
 Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021). The network predicts the noise eps of
 equation (5), ``y_t = sqrt(gamma) y_0 + sqrt(1 - gamma) eps``, and is trained with loss (6); the sampler uses
-its output in (8)-(10). Architecture (section 2.4 of ``shared/paper/EQUATIONS.md``):
+its output in (8)-(10). Architecture (section 2.4 of ``notebooks/EQUATIONS.md``):
 
 - the LR image x, bicubic-upsampled to the HR size (``x_up``, made by ``sr3_mini.resize.upsample``), is
   **concatenated with y_t along channels, in the order [y_t, x_up]**, as the very first operation: 3 + 3 = 6
@@ -15,12 +15,13 @@ its output in (8)-(10). Architecture (section 2.4 of ``shared/paper/EQUATIONS.md
   connections rescaled by 1/sqrt(2) (``blocks.py``), more blocks per resolution (Table 1 presets below).
 
 Shapes: ``y_t, x_up [B, 3, H, W]``, ``gamma [B]`` (or a scalar) ``-> eps_hat [B, 3, H, W]``, H and W multiples
-of ``model.multiple``. Relies on ``blocks.py``; never on the schedule or the sampler.
+of ``model.multiple``. The network casts its inputs to its own dtype (a ``model.half()`` takes float32 y_t and
+x_up); the v head uses the caller's y_t. ``target_of(model)``: what a network predicts, read from its config
+through any wrapper. Relies on ``blocks.py`` and ``diffusion.Target``; never on the schedule or the sampler.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sr3_mini.blocks import Attention, EmbedSequential, ResBlock, gamma_embedding, group_norm
+from sr3_mini.diffusion import Target
 
-__all__ = ["UNetConfig", "UNet", "PRESETS"]
+__all__ = ["UNetConfig", "UNet", "PRESETS", "target_of"]
 
 
 @dataclass
@@ -59,7 +61,8 @@ class UNetConfig:
       low frequencies then come exactly from x (consistency), and the network spends its capacity on detail.
       ``residual_scale`` = 0.25 maps the residual's spread on photos (std 0.07-0.13 in [-1, 1] units) to 0.3-0.5,
       near an image's, for which the noise schedule was made. The layers never read these two fields: the
-      trainer and the sampler do; they live here so that every checkpoint says what its network predicts.
+      trainer and the sampler do, through ``target_of(model)`` (a ``diffusion.Target``); they live here so that
+      every checkpoint says what its network predicts.
     """
 
     channels: int = 128
@@ -84,10 +87,7 @@ class UNetConfig:
         self.attn_resolutions = tuple(self.attn_resolutions)
         if self.head not in ("eps", "v"):
             raise ValueError(f"head must be 'eps' (the paper) or 'v', got {self.head!r}")
-        if self.target not in ("y", "residual"):
-            raise ValueError(f"target must be 'y' (the paper) or 'residual', got {self.target!r}")
-        if not self.residual_scale > 0:
-            raise ValueError(f"residual_scale must be > 0, got {self.residual_scale!r}")
+        Target(self.target, self.residual_scale)   # raises on an unknown target or a scale <= 0
 
 
 # Table 1 of the paper (channel dim, depth multipliers, ResNet blocks; the parameter count is in the comment),
@@ -212,7 +212,9 @@ class UNet(nn.Module):
         # every ResBlock applies SiLU before its FiLM projection (DDPM): done once here
         emb = F.silu(self.gamma_mlp(emb))
 
-        h = self.conv_in(torch.cat([y_t, x_up], dim=1))  # section 2.4: concatenate [y_t, x_up] along channels
+        # section 2.4: concatenate [y_t, x_up] along channels, in the network's dtype (float16 for model.half());
+        # y_t itself stays the caller's, for the v head below
+        h = self.conv_in(torch.cat([y_t, x_up], dim=1).to(dtype))
         hs = [h]
         for block in self.down:
             h = self._run(block, h, emb)
@@ -225,7 +227,37 @@ class UNet(nn.Module):
         out = self.conv_out(self.norm_out(h, silu=True))   # SiLU(GroupNorm(h)), blocks.GroupNorm
         if self.config.head == "eps":
             return out                                     # the paper: the network output is eps_hat
-        # head "v" (deviation): eps_hat = sqrt(1 - gamma) y_t + sqrt(gamma) v_hat, in gamma's (>= float32) dtype,
-        # also under autocast: cast to bf16, eps_hat would lose ~4e-3, which (8) multiplies by ~150 at gamma_T
+        # head "v" (deviation): eps_hat = sqrt(1 - gamma) y_t + sqrt(gamma) v_hat, in gamma's (>= float32) dtype
+        # with the caller's y_t, also under autocast or model.half(): a 16-bit y_t or eps_hat would lose ~4e-3,
+        # which (8) multiplies by ~150 at gamma_T
         g = gamma[:, None, None, None]
         return (1 - g).sqrt() * y_t + g.sqrt() * out.to(g.dtype)
+
+
+# Where wrappers keep the network they wrap: DataParallel and DistributedDataParallel (.module), torch.compile's
+# OptimizedModule (._orig_mod), tiling.Tiled and accel.SamplingNet (.model).
+WRAPPED = ("module", "_orig_mod", "model")
+
+
+def target_of(model) -> Target:
+    """What ``model`` predicts: the ``diffusion.Target`` of its config (``UNetConfig.target`` and
+    ``residual_scale``), read from the first object that has a ``config`` among ``model`` and the networks it
+    wraps (``WRAPPED``). The one place where this is decided: the trainer, the sampler, the regression baseline
+    and the evaluation all ask here. Raises a TypeError when no config is found: a wrapper that hides it would
+    otherwise be sampled in the wrong variable, silently."""
+    seen, m = [], model
+    while m is not None and not any(m is s for s in seen):
+        config = getattr(m, "config", None)
+        if config is not None:
+            if not (hasattr(config, "target") and hasattr(config, "residual_scale")):
+                raise TypeError(f"the config of {type(m).__name__} ({type(config).__name__}) says nothing about "
+                                "what the network predicts: it needs the fields target and residual_scale "
+                                "(a UNetConfig)")
+            target = Target(config.target, config.residual_scale)      # raises on values it does not know
+            return target if target.kind == "residual" else Target()   # the paper's: no scale
+        seen.append(m)
+        m = next((getattr(m, a) for a in WRAPPED if getattr(m, a, None) is not None), None)
+    chain = " -> ".join(type(s).__name__ for s in seen)
+    raise TypeError(f"cannot tell what {chain} predicts (the image y or the residual): no config (UNetConfig) on it "
+                    f"or on a network it wraps (looked through .{', .'.join(WRAPPED)}). Give the network or its "
+                    "wrapper a config, e.g. `config = UNetConfig()` for the paper's target")

@@ -1,5 +1,5 @@
 """Figures and widgets for the notebooks: the forward process (3)/(5) and the reverse trajectories (7)-(10)
-made visible. Equation numbers are those of ``shared/paper/EQUATIONS.md``. Relies on: diffusion, schedule.
+made visible. Equation numbers are those of ``notebooks/EQUATIONS.md``. Relies on: diffusion, schedule.
 
 Every function here is pure: it takes tensors (and a ``Schedule``) and returns a matplotlib ``Figure`` or an
 ipywidgets box; it draws no random numbers (the caller passes ``noise``). A static figure and its widget are

@@ -102,8 +102,8 @@ def test_unet_under_autocast_agrees_with_float32(half, head):
 
 
 def test_float16_model_end_to_end_sampling_on_cpu():
-    """model.half() (no autocast; what a T4 runs): super_resolve casts y_t and x_up to float16 for the network
-    and keeps the equations in float32; the result matches the float32 model's within the fp16 tolerance."""
+    """model.half() (no autocast; what a T4 runs): the network casts y_t and x_up to float16 itself and the
+    equations stay in float32; the result matches the float32 model's within the fp16 tolerance."""
     model = rand_tiny(head="v")
     x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
     run = lambda m, **kw: super_resolve(m, x, steps=4, generator=torch.Generator().manual_seed(0),  # noqa: E731
@@ -113,6 +113,27 @@ def test_float16_model_end_to_end_sampling_on_cpu():
     autocast = run(model, autocast="fp16")
     assert half.dtype == autocast.dtype == torch.float32
     assert rel(half, reference) <= UNET_REL["fp16"] and rel(autocast, reference) <= UNET_REL["fp16"]
+
+
+def test_a_float16_model_predicts_y0_as_well_as_its_own_output_allows():
+    """model.half(): the U-Net casts y_t and x_up at its first convolution and its v head uses the caller's float32
+    y_t, so eps^ = sqrt(1 - gamma) y_t + sqrt(gamma) F carries only F's float16 rounding. y^_0 of (8) at gamma_T
+    ~ 4.4e-5, where (8) multiplies an error in eps^ by 1/sqrt(gamma_T) ~ 150, then differs from the float32
+    model's by ~2e-4 (as under autocast="fp16"); before issue 18 SamplingNet rounded y_t to float16 before the
+    call, and y^_0 was off by 0.14. The final images agreed within the fp16 tolerance either way."""
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+    def first_y0_hat(model, **kw):                   # y^_0 at t = T: both runs start from the same y_T
+        _, traj = super_resolve(model, x, steps=10, generator=torch.Generator().manual_seed(0), clip=False,
+                                progress=False, return_trajectory=True, trajectory_steps=[10], **kw)
+        return traj.y0_hat[0]
+    reference = first_y0_hat(rand_tiny(head="v"))
+    assert reference.abs().max() > 0.1
+    for out in (first_y0_hat(rand_tiny(head="v").half()), first_y0_hat(rand_tiny(head="v"), autocast="fp16")):
+        assert (out - reference).abs().max() < 2e-3
+    model = rand_tiny(head="v").half()
+    y_t, x_up, gamma = inputs()
+    assert model(y_t, x_up, gamma).dtype == torch.float32          # the v head's eps^, in the caller's precision
 
 
 def test_sampling_net_layout_dtype_and_cuda_graphs_by_device():
@@ -131,7 +152,7 @@ def test_sampling_net_layout_dtype_and_cuda_graphs_by_device():
     accel.SamplingNet(Spy(), "cpu")(y_t, x_up, 0.5)
     assert seen[-1][:2] == (True, torch.float32) and seen[-1][2] == 0.5  # cpu: channels_last; eager: gamma as is
     accel.SamplingNet(Spy().half(), "cpu")(y_t, x_up, 0.5)
-    assert seen[-1][:2] == (True, torch.float16)                        # a float16 model gets float16 inputs
+    assert seen[-1][:2] == (True, torch.float32)                        # a float16 model casts its inputs itself
     oracle = accel.SamplingNet(lambda y, x, g: y, "cpu")                 # plain callables are left alone
     assert oracle(y_t, x_up, 0.5) is y_t
     assert accel.memory_format("cuda") == torch.contiguous_format       # measured: NCHW on the H200

@@ -1,5 +1,5 @@
 """Checkpoints: round trip, clear errors, atomic writes (a failure or a SIGKILL mid-save keeps the last good
-file), release export, and the regression baseline's inference."""
+file), release export. (The regression baseline's inference is tested in test_sample.py.)"""
 import os
 import signal
 import subprocess
@@ -7,7 +7,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -185,37 +184,3 @@ def test_restore_training_loads_the_loss_scaler_and_refuses_what_cannot_resume(t
         C.restore_training(back, model=model, ema=ema, optimizer=opt, generator=g, fixed={"preset": "mini"})
     with pytest.raises(ValueError, match="release export"):
         C.restore_training(release, model=model, ema=ema, optimizer=opt, generator=g)
-
-
-class Probe:
-    """A network whose output is known, F = 2 x_up - 0.1, and which records what it was called with."""
-
-    def __init__(self, target="y", residual_scale=0.25):
-        self.config = SimpleNamespace(target=target, residual_scale=residual_scale)
-        self.calls = []
-
-    def __call__(self, y_t, x_up, gamma):
-        self.calls.append((y_t.clone(), x_up.clone(), torch.as_tensor(gamma).clone()))
-        return 2 * x_up - 0.1
-
-
-def test_regression_predict_is_one_pass_with_zero_y_t_and_gamma_one():
-    """The baseline's semantics, not its code: one call with y_t = 0 and gamma = 1 (no noise: (5) at gamma = 1
-    is y_0 itself), the output is the prediction (target y) or x_up + scale F (residual target)."""
-    x_up = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    for target, expected in (("y", 2 * x_up - 0.1), ("residual", x_up + 0.25 * (2 * x_up - 0.1))):
-        probe = Probe(target)
-        torch.testing.assert_close(C.regression_predict(probe, x_up), expected, rtol=0, atol=1e-7)
-        [(y_t, seen, gamma)] = probe.calls
-        assert torch.equal(y_t, torch.zeros_like(x_up)) and torch.equal(seen, x_up)
-        assert gamma.shape == (2,) and (gamma == 1).all()
-    wrapped = Probe("y")                               # a wrapped model: the config passed in is the one used
-    out = C.regression_predict(wrapped, x_up, config=SimpleNamespace(target="residual", residual_scale=0.5))
-    torch.testing.assert_close(out, x_up + 0.5 * (2 * x_up - 0.1), rtol=0, atol=1e-7)
-    for target in ("y", "residual"):                   # a real U-Net whose last conv outputs a known constant
-        model = UNet.from_preset("tiny", target=target, residual_scale=0.25).eval()
-        torch.nn.init.zeros_(model.conv_out.weight)
-        with torch.no_grad():
-            model.conv_out.bias.copy_(torch.tensor([0.2, -0.4, 0.6]))
-        F = torch.tensor([0.2, -0.4, 0.6]).view(1, 3, 1, 1).expand_as(x_up)
-        torch.testing.assert_close(C.regression_predict(model, x_up), F if target == "y" else x_up + 0.25 * F)

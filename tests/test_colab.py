@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the notebooks whose install cell follows the REPO/ROOT pattern (06-08: add them once converted)
 COLAB_NOTEBOOKS = ["00_overview", "01_forward_process", "02_posterior", "03_training_objective",
                    "04_reverse_process", "05_unet", "06_training", "07_sampling_and_evaluation", "08_cascade",
-                   "09_fool_rate"]
+                   "09_fool_rate", "10_exact_posterior"]
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
                                 reason="needs git and a git checkout")

@@ -54,8 +54,10 @@ def reachable(module: str) -> set:
 
 def test_the_import_reader_sees_every_form():
     """The guards below are only as good as ``imports``: it must see relative, absolute, package-level and lazy
-    (function-level) imports alike. train.py has all of them."""
+    (function-level) imports alike: train (absolute, package-level), tiling (relative), commands and checkpoint
+    (lazy)."""
     assert {"accel", "diffusion", "checkpoint", "data", "resize", "schedule", "unet"} <= imports("train")
+    assert "sample" in imports("tiling")             # from .sample import ...
     assert "train" in imports("commands")            # imported inside cmd_train
     assert "unet" in imports("checkpoint")           # imported inside load_model
 
@@ -83,6 +85,23 @@ def test_the_network_only_sees_gamma():
     """unet (and blocks under it) never import the schedule or the sampler, directly or through another module."""
     assert not imports("unet") & {"schedule", "sample"} and not imports("blocks") & {"schedule", "sample"}
     assert "sample" not in reachable("unet") | reachable("blocks")
+
+
+def test_what_a_network_predicts_is_read_in_one_place():
+    """UNetConfig.target and residual_scale are read by ``unet.target_of`` alone, which looks through wrappers;
+    everyone else asks it for a ``diffusion.Target`` (issue 18: three ``getattr``s that a DataParallel hid)."""
+    fields = ("target", "residual_scale")
+
+    def reads(module: str) -> bool:
+        for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in fields:
+                return True
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr")
+                    and any(isinstance(a, ast.Constant) and a.value in fields for a in node.args)):
+                return True
+        return False
+    assert reads("unet")                             # the reader sees it where it is
+    assert [m for m in MODULES if m != "unet" and reads(m)] == []
 
 
 def test_no_module_imports_ipywidgets_with_the_library():

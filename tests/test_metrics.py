@@ -128,3 +128,4 @@ def test_grain_counts_only_flat_tiles_and_is_one_for_the_photo():
     textured_only[:, :, :, 32:] *= 3                       # changing the textured half does not count
     assert torch.allclose(grain(textured_only, y), torch.ones(2, dtype=torch.float64))
     assert grain(textured(B=1, H=64, W=64), textured(B=1, H=64, W=64)).isnan().all()   # no flat tile
+    assert grain(y[:, :, :16, :16], y[:, :, :16, :16]).isnan().all()                   # smaller than a tile

@@ -1,15 +1,20 @@
 """The residual target (UNetConfig.target = "residual", a named deviation after SRDiff): the trainer diffuses
 r = (y - x_up) / scale, the sampler returns x_up + scale r with y^_0 clamped to the image's range, and the
-regression baseline predicts x_up + scale F. Checked against the variable change done by hand."""
+regression baseline predicts x_up + scale F. Checked against the variable change done by hand. What a network
+predicts is decided in one place, ``unet.target_of`` (a ``diffusion.Target``), read through wrappers: a
+DataParallel model gives the bare model's images (issue 18: 11 dB instead of 26 on the bundled model, silently),
+and a wrapper that hides the config raises."""
 import pytest
 import torch
 
+from sr3_mini import accel
 from sr3_mini import diffusion as D
-from sr3_mini.checkpoint import regression_predict
+from sr3_mini.diffusion import Target
 from sr3_mini.resize import downsample, upsample
-from sr3_mini.sample import residual_scale, super_resolve
+from sr3_mini.sample import regression_predict, super_resolve
+from sr3_mini.tiling import Tiled
 from sr3_mini.train import step_loss
-from sr3_mini.unet import UNet, UNetConfig
+from sr3_mini.unet import UNet, UNetConfig, target_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,15 +24,16 @@ def gen(seed=0):
 
 
 class ResidualOracle(torch.nn.Module):
-    """eps for a known y: (5) solved for eps, in the residual variable r = (y - x_up) / s."""
+    """eps for a known y: (5) solved for eps, in the residual variable r = (y - x_up) / s (or in y itself for
+    ``target="y"``)."""
     multiple = 1
 
-    def __init__(self, y, s=0.25):
+    def __init__(self, y, s=0.25, target="residual"):
         super().__init__()
-        self.y, self.config = y, UNetConfig(target="residual", residual_scale=s)
+        self.y, self.config = y, UNetConfig(target=target, residual_scale=s)
 
     def forward(self, y_t, x_up, gamma):
-        r = D.to_residual(self.y, x_up, self.config.residual_scale)
+        r = D.to_residual(self.y, x_up, self.config.residual_scale) if self.config.target == "residual" else self.y
         g = gamma.view(-1, 1, 1, 1).to(y_t.dtype)
         return (y_t - g.sqrt() * r) / (1 - g).sqrt()
 
@@ -45,8 +51,17 @@ def test_config_validates_and_round_trips_the_variable_change():
     r = D.to_residual(y, x_up, 0.25)
     torch.testing.assert_close(r, (y - x_up) * 4)
     torch.testing.assert_close(D.from_residual(r, x_up, 0.25), y)
-    assert residual_scale(UNet.from_preset("tiny")) is None
-    assert residual_scale(UNet.from_preset("tiny", target="residual", residual_scale=0.5)) == 0.5
+    assert target_of(UNet.from_preset("tiny")) == Target() == Target("y")
+    assert target_of(UNet.from_preset("tiny", target="residual", residual_scale=0.5)) == Target("residual", 0.5)
+    res, paper = Target("residual", 0.25), Target()
+    torch.testing.assert_close(res.encode(y, x_up), r)
+    torch.testing.assert_close(res.decode(r, x_up), y)
+    assert paper.encode(y, x_up) is y and paper.decode(r, x_up) is r and paper.bounds(x_up, -0.5, 1) == (-0.5, 1)
+    low, high = res.bounds(x_up)                  # the y_0 whose image x_up + s y_0 is -1 and 1
+    torch.testing.assert_close(res.decode(low, x_up), -torch.ones_like(x_up))
+    torch.testing.assert_close(res.decode(high, x_up), torch.ones_like(x_up))
+    with pytest.raises(ValueError, match="target"):
+        Target("x")
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -137,3 +152,80 @@ def test_tiled_upscale_of_a_residual_model_is_super_resolve_and_tiles_agree():
     torch.testing.assert_close(whole, direct, rtol=0, atol=1e-5)
     tiled = upscale_image(net, "sr3", x, 4, steps=3, generator=gen(1), progress=False, tile=m)
     assert (tiled - direct).abs().mean() < 0.05     # blended tiles of the same residual sampler, not of y
+
+
+class Hidden(torch.nn.Module):
+    """A wrapper that keeps its network where target_of does not look, and has no config of its own."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *args):
+        return self.net(*args)
+
+
+def test_wrapped_models_predict_what_the_bare_model_predicts():
+    """DataParallel (and DDP: ``.module``), torch.compile's wrapper (``._orig_mod``), tiling.Tiled and
+    accel.SamplingNet (``.model``) all have the bare network's target; sampling, the regression baseline and the
+    training loss of a DataParallel-wrapped residual model equal the bare model's. Before issue 18 the wrapper
+    hid the config and the model was sampled as if it predicted y."""
+    net = drawn(target="residual", residual_scale=0.25, head="v")
+    wrapped = torch.nn.DataParallel(net)
+    for w in (wrapped, torch.compile(net), Tiled(net, 4 * net.multiple), accel.SamplingNet(wrapped, "cpu"),
+              Tiled(torch.compile(net), 4 * net.multiple)):
+        assert target_of(w) == Target("residual", 0.25)
+    x = photo(6, H=4)[:1]
+    run = lambda m: super_resolve(m, x, steps=3, generator=gen(2), progress=False)  # noqa: E731
+    bare = run(net)
+    assert (bare - upsample(x, 4)).abs().mean() > 1e-3       # the residual is not zero: the check has teeth
+    assert torch.equal(run(wrapped), bare)
+    x_up = upsample(x, 4)
+    torch.testing.assert_close(regression_predict(wrapped, x_up), regression_predict(net, x_up), rtol=0, atol=0)
+    y_0, gamma, eps = photo(7, H=16)[:1], torch.tensor([0.5], dtype=torch.float64), torch.randn(x_up.shape)
+    x_up = upsample(downsample(y_0, 4), 4)
+    assert step_loss(wrapped, "sr3", y_0, x_up, gamma, eps, p=1) == step_loss(net, "sr3", y_0, x_up, gamma, eps, p=1)
+
+
+def test_distributed_data_parallel_is_read_through():
+    """DDP keeps its network under ``.module`` too (a one-process gloo group, made and torn down here)."""
+    import torch.distributed as dist
+    if not dist.is_available() or dist.is_initialized():
+        pytest.skip("torch.distributed unavailable, or a process group already exists")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(drawn(target="residual", residual_scale=0.5))
+        assert target_of(ddp) == target_of(torch.compile(ddp)) == Target("residual", 0.5)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_wrapper_without_config_raises_everywhere():
+    net = Hidden(drawn(target="residual"))
+    x = photo(6, H=4)[:1]
+    x_up = upsample(x, 4)
+    for call in (lambda: target_of(net), lambda: super_resolve(net, x, steps=2, progress=False),
+                 lambda: regression_predict(net, x_up),
+                 lambda: step_loss(net, "sr3", x_up, x_up, torch.tensor([0.5]), torch.zeros_like(x_up), p=1),
+                 lambda: super_resolve(lambda y_t, x_up, g: y_t, x, steps=2, progress=False)):
+        with pytest.raises(TypeError, match="no config"):
+            call()
+    net.config = UNetConfig(target="residual")                 # a wrapper may carry the config itself
+    assert target_of(net) == Target("residual", 0.25)
+    net.config = {"target": "residual"}                        # a config that does not say it
+    with pytest.raises(TypeError, match="target and residual_scale"):
+        target_of(net)
+
+
+@pytest.mark.parametrize("target", ["y", "residual"])
+def test_a_callers_clip_bounds_are_the_images_for_both_targets(target):
+    """super_resolve(clip=(low, high)) keeps the image's y^_0 in [low, high], for the residual target too (it
+    was silently replaced by [-1, 1] there)."""
+    y = photo(0)
+    x = downsample(y, 4)
+    oracle = ResidualOracle((y * 3).clamp(-3, 3), target=target)   # a y^_0 far out of range at every step
+    _, traj = super_resolve(oracle, x, steps=5, generator=gen(0), progress=False, return_trajectory=True,
+                            variance="posterior", clip=(-0.5, 0.25))
+    y0 = traj.y0_hat[:-1]
+    assert y0.min() >= -0.5 - 1e-5 and y0.max() <= 0.25 + 1e-5
+    assert y0.min() < -0.49 and y0.max() > 0.24                # the bounds are reached, not just respected

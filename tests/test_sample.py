@@ -1,25 +1,33 @@
 """sample.py against the equations: steps equal diffusion.p_sample_step with the same noise; with an oracle
 that knows y_0, every intermediate state has its closed-form law (DDIM exactly, DDPM by Monte Carlo); with
 the Bayes-optimal denoiser of Gaussian data (blind to y_0), every snapshot has the Gaussian marginal computed
-here in float64; seeding, trajectories, argument checks, the cascade's conditioning and the schedule search."""
+here in float64; seeding, trajectories, argument checks, the cascade's conditioning and the schedule search.
+Samplers are data (``SAMPLERS``, one step signature, ``refine``), and a step owns the eps^ it is handed, even from
+a network that overwrites its output buffer at every call (a CUDA graph); the regression baseline's one pass.
+The oracles carry a ``config`` (a UNetConfig: the paper's target): ``super_resolve`` refuses a network that does
+not say what it predicts."""
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from sr3_mini import diffusion as D
 from sr3_mini.resize import downsample, upsample
-from sr3_mini.sample import Stage, Trajectory, cascade, ddim_loop, default_inference_schedule, sample_loop, super_resolve
+from sr3_mini.sample import (SAMPLERS, Stage, Step, Trajectory, cascade, ddim_loop, ddim_step, ddpm_step,
+                             default_inference_schedule, refine, regression_predict, sample_loop, super_resolve)
 from sr3_mini import sample as sample_module
 from sr3_mini.evaluate import schedule_search
 from sr3_mini.viz import plot_schedule_search
 from sr3_mini.schedule import Schedule
+from sr3_mini.unet import UNet, UNetConfig
 
 
 class Oracle:
     """f(y_t, x_up, gamma) returning the true eps for a known y_0: (5) solved for eps."""
     multiple = 1
+    config = UNetConfig()
 
     def __init__(self, y_0):
         self.y_0 = y_0
@@ -214,7 +222,7 @@ def test_super_resolve_shapes_range_trajectory_and_progress(monkeypatch):
     assert torch.equal(traj.y_t[-1], out)
     assert traj.y_t.shape == (6, 2, 3, 16, 24)
     super_resolve(model, x, steps=5, generator=gen(0), progress=False)
-    assert bars[0]["desc"] == "SR3 (DDPM)" and "disable" not in bars[0] and bars[1]["disable"] is True
+    assert bars[0]["desc"] == "ddpm" and "disable" not in bars[0] and bars[1]["disable"] is True
     torch.testing.assert_close(super_resolve(Oracle(y), x, steps=20, generator=gen(0), progress=False,
                                              variance="posterior", clip=False), y, rtol=0, atol=1e-4)
     torch.testing.assert_close(super_resolve(Oracle(y), x, steps=20, sampler="ddim", progress=False), y,
@@ -242,6 +250,7 @@ def test_super_resolve_rejects_bad_arguments():
 class Conv(torch.nn.Module):
     """A small network with dropout, to check eval mode, autocast and device handling."""
     multiple = 4
+    config = UNetConfig()
 
     def __init__(self):
         super().__init__()
@@ -289,6 +298,7 @@ def test_cascade_shapes():
 class Recorder:
     """toy_f that keeps every x_up it is given: what a cascade stage was conditioned on."""
     multiple = 1
+    config = UNetConfig()
 
     def __init__(self):
         self.x_up = []
@@ -368,6 +378,107 @@ def test_super_resolve_warns_on_a_zero_one_image_and_fails_on_a_non_finite_sampl
     x = downsample(y, 4)
     with pytest.warns(UserWarning, match="0..1"):
         super_resolve(Oracle(y), (x + 1) / 2, steps=3, generator=gen(0), progress=False)
+    overflowing = type("Overflowing", (), {"config": UNetConfig(),
+                                           "__call__": lambda self, y_t, x_up, g: torch.full_like(y_t, float("inf"))})()
     with pytest.raises(FloatingPointError, match="not finite"):
-        super_resolve(lambda y_t, x_up, g: torch.full_like(y_t, float("inf")), x, steps=3, generator=gen(0),
-                      progress=False, clip=False)             # clip=True would clamp y^_0 back into range
+        super_resolve(overflowing, x, steps=3, generator=gen(0), progress=False,
+                      clip=False)                             # clip=True would clamp y^_0 back into range
+
+
+# ---- samplers as data, and eps^ owned by the step (issue 18) ----------------------------------------------------
+def test_samplers_are_a_table_of_step_functions_that_super_resolve_looks_up(monkeypatch):
+    """sample_loop and ddim_loop are refine with the table's steps; a new sampler is one function and one entry,
+    and super_resolve runs it by name with every option it already takes."""
+    assert SAMPLERS == {"ddpm": ddpm_step, "ddim": ddim_step}
+    S, x_up = default_inference_schedule(6), images(seed=3)
+    for name, loop, kw in (("ddpm", sample_loop, dict(variance="posterior", clip=True)), ("ddim", ddim_loop, {})):
+        a = loop(toy_f, x_up, S, generator=gen(2), progress=False, **kw)
+        assert torch.equal(a, refine(toy_f, x_up, S, name, generator=gen(2), progress=False, **kw))
+        assert torch.equal(a, refine(toy_f, x_up, S, SAMPLERS[name], generator=gen(2), progress=False, **kw))
+    seen = []
+
+    def halfway(y_t, eps, k: Step):
+        """A made-up sampler: DDIM's step, recording what it is told."""
+        seen.append((k.t, k.clip, k.variance, k.want_y0, len(k.memory)))
+        return ddim_step(y_t, eps, k)
+    monkeypatch.setitem(SAMPLERS, "halfway", halfway)
+    y = images(B=1, H=16, W=16)
+    x = downsample(y, 4)
+    out = super_resolve(Oracle(y), x, steps=4, sampler="halfway", generator=gen(0), progress=False)
+    assert torch.equal(out, super_resolve(Oracle(y), x, steps=4, sampler="ddim", generator=gen(0), progress=False))
+    assert [t for t, *_ in seen] == [4, 3, 2, 1] and seen[0][1] == (-1.0, 1.0) and seen[0][2] == "posterior"
+    with pytest.raises(ValueError, match="sampler"):
+        refine(toy_f, x_up, S, "ddpx")
+
+
+class GraphLike:
+    """toy_f through one output buffer that every call overwrites, as a replayed CUDA graph does."""
+    multiple = 1
+    config = UNetConfig()
+
+    def __init__(self):
+        self.out = None
+
+    def __call__(self, y_t, x_up, gamma):
+        eps = toy_f(y_t, x_up, gamma)
+        self.out = torch.empty_like(eps) if self.out is None else self.out
+        return self.out.copy_(eps)
+
+
+def adams_bashforth(y_t, eps, k: Step):
+    """A multistep consumer: DDIM's step along (3 eps_t - eps_{t+1}) / 2, keeping eps_t in ``memory``."""
+    prev = k.memory.get("eps")
+    k.memory["eps"] = eps
+    return ddim_step(y_t, eps if prev is None else (3 * eps - prev) / 2, k)
+
+
+def test_a_multistep_sampler_keeps_the_eps_it_was_handed_under_a_reusing_network(monkeypatch):
+    """refine hands each step a tensor of its own: with a network that overwrites its output buffer at every call
+    (a CUDA graph, ``accel.SamplingNet(compile=True)`` on CUDA) the multistep sampler gives the same result as
+    with a network that returns new tensors. Before issue 18, eps^ was the network's buffer, so the eps kept from
+    the previous step had become this step's."""
+    S, x_up = default_inference_schedule(8), images(seed=4)
+    y_T = torch.randn(x_up.shape, generator=gen(6))
+    fresh = refine(toy_f, x_up, S, adams_bashforth, y_T=y_T, progress=False)
+    reused = refine(GraphLike(), x_up, S, adams_bashforth, y_T=y_T, progress=False)
+    assert torch.equal(reused, fresh)
+    assert not torch.equal(fresh, refine(toy_f, x_up, S, "ddim", y_T=y_T, progress=False))  # the memory matters
+    y = images(B=1, H=16, W=16)                       # and through super_resolve (accel.SamplingNet's path)
+    monkeypatch.setitem(SAMPLERS, "ab2", adams_bashforth)
+    a = super_resolve(GraphLike(), downsample(y, 4), steps=5, sampler="ab2", generator=gen(1), progress=False)
+    b = super_resolve(Recorder(), downsample(y, 4), steps=5, sampler="ab2", generator=gen(1), progress=False)
+    assert torch.equal(a, b)
+
+
+class Probe(torch.nn.Module):
+    """A network whose output is known, F = 2 x_up - 0.1, and which records what it was called with."""
+
+    def __init__(self, target="y", residual_scale=0.25):
+        super().__init__()
+        self.config = SimpleNamespace(target=target, residual_scale=residual_scale)
+        self.calls = []
+
+    def forward(self, y_t, x_up, gamma):
+        self.calls.append((y_t.clone(), x_up.clone(), torch.as_tensor(gamma).clone()))
+        return 2 * x_up - 0.1
+
+
+def test_regression_predict_is_one_pass_with_zero_y_t_and_gamma_one():
+    """The baseline's semantics, not its code: one call with y_t = 0 and gamma = 1 (no noise: (5) at gamma = 1
+    is y_0 itself), the output is the prediction (target y) or x_up + scale F (residual target)."""
+    x_up = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for target, expected in (("y", 2 * x_up - 0.1), ("residual", x_up + 0.25 * (2 * x_up - 0.1))):
+        probe = Probe(target)
+        torch.testing.assert_close(regression_predict(probe, x_up), expected, rtol=0, atol=1e-7)
+        [(y_t, seen, gamma)] = probe.calls
+        assert torch.equal(y_t, torch.zeros_like(x_up)) and torch.equal(seen, x_up)
+        assert gamma.shape == (2,) and (gamma == 1).all()
+    wrapped = torch.nn.DataParallel(Probe("residual", 0.5))  # a wrapper: the config of the network inside is read
+    torch.testing.assert_close(regression_predict(wrapped, x_up), x_up + 0.5 * (2 * x_up - 0.1), rtol=0, atol=1e-7)
+    for target in ("y", "residual"):                   # a real U-Net whose last conv outputs a known constant
+        model = UNet.from_preset("tiny", target=target, residual_scale=0.25).eval()
+        torch.nn.init.zeros_(model.conv_out.weight)
+        with torch.no_grad():
+            model.conv_out.bias.copy_(torch.tensor([0.2, -0.4, 0.6]))
+        F = torch.tensor([0.2, -0.4, 0.6]).view(1, 3, 1, 1).expand_as(x_up)
+        torch.testing.assert_close(regression_predict(model, x_up), F if target == "y" else x_up + 0.25 * F)

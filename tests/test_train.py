@@ -18,6 +18,7 @@ from sr3_mini import checkpoint as C
 from sr3_mini.cli import main as cli_main
 from sr3_mini.data import load_data
 from sr3_mini.resize import downsample, upsample
+from sr3_mini.sample import regression_predict
 from sr3_mini.schedule import Schedule
 from sr3_mini.train import (ConfigError, NonFiniteLossError, TrainConfig, ema_decay_at, ema_update, lr_at,
                             sample_batch, step_loss, train)
@@ -165,6 +166,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert all(torch.isfinite(v).all() for key in ("model", "ema") for v in state[key].values())
 
 
+def test_a_non_finite_loss_in_any_micro_batch_stops_the_run(tmp_path, monkeypatch):
+    """With grad_accum > 1 every micro-batch's loss counts, not only the last one's (issue 18). Here the first
+    micro-batch of step 3 has a NaN loss whose gradient is finite (NaN + a constant), so the gradient norm stays
+    finite and only the loss can tell; the second micro-batch is clean."""
+    real, calls = diffusion.loss, []
+
+    def poisoned(eps_pred, eps, p=1):
+        calls.append(1)
+        value = real(eps_pred, eps, p)
+        return value + value.detach() * float("nan") if len(calls) == 5 else value
+    monkeypatch.setattr(diffusion, "loss", poisoned)
+    cfg = config(tmp_path, steps=4, grad_accum=2, log_every=4, save_every=4)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(cfg, pool=POOL)
+    assert len(calls) == 8 and not (Path(cfg.out_dir) / "last.pt").exists()
+
+
 def test_regression_baseline_trains_validates_and_saves(tmp_path, monkeypatch):
     monkeypatch.setattr(diffusion, "q_sample", None)           # the regression path never noises y_0
     cfg = config(tmp_path, kind="regression", steps=2, val_every=2)
@@ -173,7 +191,7 @@ def test_regression_baseline_trains_validates_and_saves(tmp_path, monkeypatch):
     assert info["kind"] == "regression" and info["step"] == 2 and info["metrics"] == result["metrics"]
     assert set(result["metrics"]) == {"val_psnr", "val_psnr_bicubic", "val_consistency"}
     assert (Path(cfg.out_dir) / "val_0000002.png").exists()
-    assert C.regression_predict(model, torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
+    assert regression_predict(model, torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16)
 
 
 @pytest.mark.parametrize("kind, factor", [("sr3", 10), ("regression", 100)])

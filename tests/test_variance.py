@@ -8,6 +8,7 @@ import torch
 from sr3_mini import Schedule
 from sr3_mini.evaluate import estimate_var_y0
 from sr3_mini.sample import sample_loop
+from sr3_mini.unet import UNetConfig
 from sr3_mini.variance import VarianceTable, kl_optimal_variance, load_table, reverse_variance, save_table
 
 
@@ -66,6 +67,7 @@ def test_table_interpolates_in_log_snr_and_is_tied_to_its_checkpoint(tmp_path):
 
 class ZeroNet(torch.nn.Module):
     """eps^ = 0, so y^_0 = y_t / sqrt(gamma) and E||y^_0 - y_0||^2 = (1 - gamma) / gamma exactly in expectation."""
+    config = UNetConfig()        # the paper's target: y_0 = y
 
     def __init__(self):
         super().__init__()
