@@ -13,6 +13,7 @@ schedule.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,7 @@ def score(outputs: torch.Tensor, y: torch.Tensor, x: torch.Tensor, scale: int = 
     of ``METRICS`` averaged over the draws, and ``diversity`` when there are two draws or more."""
     draws = outputs if outputs.ndim == 5 else outputs[None]
     y, x = y.to(draws.device), x.to(draws.device)
-    per_draw = [{"psnr": M.psnr(d, y), "ssim": M.ssim(d, y), "consistency": M.consistency(x, d, scale),
-                 "sharpness": M.sharpness(d, y), "grain": M.grain(d, y)} for d in draws]
+    per_draw = [{**M.scores(d, y, x, scale), "grain": M.grain(d, y)} for d in draws]
     out = {k: torch.stack([r[k] for r in per_draw]).mean(dim=0) for k in METRICS}
     if len(draws) >= 2:
         out["diversity"] = M.diversity(draws, y)
@@ -154,33 +154,19 @@ def estimate_var_y0(model, y: torch.Tensor, scale: int = 4, log_snr=None, repeat
     (default 33 points from -10 to 10, gamma from 4.5e-5 to 0.99995)."""
     grid = [float(v) for v in (log_snr if log_snr is not None else torch.linspace(-10, 10, 33))]
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    params = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    target = target_of(model)
-    out = []
-    try:
+    target, out = target_of(model), []
+    with _eval_mode(model):
         for lam in grid:
             gamma = 1 / (1 + math.exp(-lam))
             err, n = 0.0, 0
             for _ in range(repeats):
-                for i in range(0, len(y), batch):
-                    y_b = y[i:i + batch].float()
-                    x_up = upsample(downsample(y_b, scale), scale)
-                    y_0 = target.encode(y_b, x_up)
-                    low, high = target.bounds(x_up)
-                    eps = torch.randn(y_0.shape, generator=generator)
-                    y_t = D.q_sample(y_0, gamma, eps)                                  # (5)
-                    g = torch.full((len(y_0),), gamma)
-                    eps_hat = model(y_t.to(params.device), x_up.to(params.device), g.to(params.device)).float().cpu()
-                    y0_hat = D.predict_y0(y_t, eps_hat, gamma)                         # (8)
+                for x_up, y_0, _, y0_hat in _denoised(model, y, gamma, scale, generator, batch):
                     if clip:
+                        low, high = target.bounds(x_up)
                         y0_hat = torch.maximum(torch.minimum(y0_hat, torch.as_tensor(high)), torch.as_tensor(low))
                     err += (y0_hat - y_0).double().pow(2).sum().item()
                     n += y_0.numel()
             out.append(err / n)
-    finally:
-        model.train(was_training)
     return VarianceTable(grid, out)
 
 
@@ -199,25 +185,13 @@ def denoiser_calibration(model, y: torch.Tensor, gammas=(0.99, 0.9, 0.7, 0.5, 0.
       denoiser, ``mse`` > ``tweedie`` when eps^ overshoots.
     Returns one dict per gamma."""
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    params = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    target = target_of(model)
     detail = lambda t: t - upsample(downsample(t, scale), scale)
     rows = []
-    try:
+    with _eval_mode(model):
         for gamma in gammas:
             sums = dict(yy=0.0, hh=0.0, dyy=0.0, dhh=0.0, d00=0.0, err=0.0, e2=0.0, n=0)
-            for i in range(0, len(y), batch):
-                y_b = y[i:i + batch].float()
-                x_up = upsample(downsample(y_b, scale), scale)
-                y_0 = target.encode(y_b, x_up)
-                eps = torch.randn(y_0.shape, generator=generator)
-                y_t = D.q_sample(y_0, gamma, eps)                                      # (5)
-                g = torch.full((len(y_0),), float(gamma))
-                eps_hat = model(y_t.to(params.device), x_up.to(params.device), g.to(params.device)).float().cpu()
-                y0_hat = D.predict_y0(y_t, eps_hat, gamma).double()                    # (8)
-                y_0 = y_0.double()
+            for _, y_0, eps_hat, y0_hat in _denoised(model, y, gamma, scale, generator, batch):
+                y0_hat, y_0 = y0_hat.double(), y_0.double()
                 dh, d0 = detail(y0_hat), detail(y_0)
                 sums["yy"] += (y0_hat * y_0).sum().item()
                 sums["hh"] += (y0_hat * y0_hat).sum().item()
@@ -231,8 +205,6 @@ def denoiser_calibration(model, y: torch.Tensor, gammas=(0.99, 0.9, 0.7, 0.5, 0.
             rows.append({"gamma": float(gamma), "slope": sums["yy"] / sums["hh"], "slope_hf": sums["dyy"] / sums["dhh"],
                          "energy_hf": sums["dhh"] / sums["d00"], "mse": sums["err"] / n,
                          "tweedie": (1 - gamma) / gamma * (1 - sums["e2"] / n)})
-    finally:
-        model.train(was_training)
     return rows
 
 
@@ -256,6 +228,32 @@ def validate(ema, cfg, y: torch.Tensor, schedule: Schedule, png: Path | None = N
         lr = torch.nn.functional.interpolate(x, scale_factor=cfg.scale, mode="nearest")
         save_image(torch.cat([torch.cat(list(t[:4]), dim=1) for t in (lr, x_up, y_hat, y)], dim=2), png)
     return metrics
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """The model in eval mode (dropout off) inside the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _denoised(model, y: torch.Tensor, gamma: float, scale: int, generator: torch.Generator, batch: int):
+    """For each batch of HR crops ``y``: ``(x_up, y_0, eps_hat, y0_hat)`` at noise level ``gamma``, in the
+    model's own variable (``target_of(model).encode``): y_t by (5) with eps from ``generator``, y^_0 by (8)."""
+    target, device = target_of(model), next(model.parameters()).device
+    for i in range(0, len(y), batch):
+        y_b = y[i:i + batch].float()
+        x_up = upsample(downsample(y_b, scale), scale)
+        y_0 = target.encode(y_b, x_up)
+        eps = torch.randn(y_0.shape, generator=generator)
+        y_t = D.q_sample(y_0, gamma, eps)                                          # (5)
+        g = torch.full((len(y_0),), float(gamma))
+        eps_hat = model(y_t.to(device), x_up.to(device), g.to(device)).float().cpu()
+        yield x_up, y_0, eps_hat, D.predict_y0(y_t, eps_hat, gamma)                # (8)
 
 
 def _rows(names, method, setting, scores: dict) -> list:

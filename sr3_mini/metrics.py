@@ -95,15 +95,7 @@ def high_frequency_share(y: torch.Tensor, cutoff: float = 0.125) -> torch.Tensor
     x4 LR image in HR pixels: the band the input cannot carry, which the super-resolver must invent.
     """
     y, _ = _pair(y, y)
-    H, W = y.shape[-2:]
-    lum = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2])                  # [B, H, W]
-    lum = lum - lum.mean(dim=(1, 2), keepdim=True)
-    hann = torch.outer(torch.hann_window(H, periodic=False, dtype=y.dtype, device=y.device),
-                       torch.hann_window(W, periodic=False, dtype=y.dtype, device=y.device))
-    power = torch.fft.fft2(lum * hann).abs().pow(2)                               # [B, H, W]
-    fy = torch.fft.fftfreq(H, dtype=y.dtype, device=y.device)
-    fx = torch.fft.fftfreq(W, dtype=y.dtype, device=y.device)
-    radius = (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()                         # cycles / pixel
+    power, radius = _spectrum(y)
     total = power.sum(dim=(1, 2))
     return (power * (radius > cutoff)).sum(dim=(1, 2)) / total.clamp_min(1e-30)
 
@@ -178,17 +170,24 @@ def scores(y_hat: torch.Tensor, y: torch.Tensor, x: torch.Tensor, scale: int = 4
             "sharpness": sharpness(y_hat, y)}
 
 
-def _high_power(y: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Spectral power of the luminance above ``cutoff`` cycles/pixel (Hann window, mean removed), per image."""
+def _spectrum(y: torch.Tensor):
+    """``(power [B, H, W], radius [H, W])``: the spectral power of the luminance (Rec. 601 weights, mean removed,
+    under a 2-D Hann window) and each FFT bin's radial frequency sqrt(f_y^2 + f_x^2) in cycles per pixel."""
     H, W = y.shape[-2:]
-    lum = 0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2]
+    lum = (0.299 * y[:, 0] + 0.587 * y[:, 1] + 0.114 * y[:, 2])                  # [B, H, W]
     lum = lum - lum.mean(dim=(1, 2), keepdim=True)
     hann = torch.outer(torch.hann_window(H, periodic=False, dtype=y.dtype, device=y.device),
                        torch.hann_window(W, periodic=False, dtype=y.dtype, device=y.device))
-    power = torch.fft.fft2(lum * hann).abs().pow(2)
+    power = torch.fft.fft2(lum * hann).abs().pow(2)                               # [B, H, W]
     fy = torch.fft.fftfreq(H, dtype=y.dtype, device=y.device)
     fx = torch.fft.fftfreq(W, dtype=y.dtype, device=y.device)
-    return (power * ((fy[:, None] ** 2 + fx[None, :] ** 2).sqrt() > cutoff)).sum(dim=(1, 2))
+    return power, (fy[:, None] ** 2 + fx[None, :] ** 2).sqrt()                    # cycles / pixel
+
+
+def _high_power(y: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Spectral power of the luminance above ``cutoff`` cycles/pixel, per image."""
+    power, radius = _spectrum(y)
+    return (power * (radius > cutoff)).sum(dim=(1, 2))
 
 
 def _gaussian_window(sigma: float, device) -> torch.Tensor:
