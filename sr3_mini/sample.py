@@ -38,7 +38,7 @@ from .accel import AUTOCAST, SamplingNet
 from .resize import upsample
 from .schedule import Schedule, positive_int
 from .unet import target_of
-from .variance import VARIANCES, reverse_variance
+from .variance import VARIANCES, require_var_y0, reverse_variance
 
 __all__ = ["Trajectory", "Stage", "Step", "ddpm_step", "ddim_step", "SAMPLERS", "refine", "default_inference_schedule",
            "sample_loop", "ddim_loop", "super_resolve", "REGRESSION_GAMMA", "regression_predict", "cascade"]
@@ -150,7 +150,7 @@ def refine(f_theta, x_up: torch.Tensor, schedule: Schedule, step="ddpm", *, gene
         step = SAMPLERS[step]
     _choice(variance, "variance", VARIANCES)
     if variance == "analytic":
-        reverse_variance("analytic", 0.5, 0.5, 0.9, var_y0)               # fails now, not at the first step
+        require_var_y0(var_y0)                                             # now, not at the first step
     _choice(autocast, "autocast", [None, *AUTOCAST])
     clip = None if clip is False or clip is None else (-1.0, 1.0) if clip is True else tuple(clip)
     if clip is not None and len(clip) != 2:

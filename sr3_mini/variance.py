@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-__all__ = ["VARIANCES", "kl_optimal_variance", "reverse_variance", "VarianceTable",
+__all__ = ["VARIANCES", "kl_optimal_variance", "reverse_variance", "require_var_y0", "VarianceTable",
            "table_path", "save_table", "load_table"]
 
 VARIANCES = ("paper", "posterior", "analytic")
@@ -44,6 +44,13 @@ def kl_optimal_variance(alpha_t, gamma_t, gamma_prev, var_y0):
     return post + c ** 2 * var_y0
 
 
+def require_var_y0(var_y0) -> None:
+    """``variance="analytic"`` needs the network's v(gamma): raise, with what to do, when there is none."""
+    if var_y0 is None:
+        raise ValueError("variance='analytic' needs the network's v(gamma): pass var_y0= (a VarianceTable from "
+                         "evaluate.estimate_var_y0), or load the model with load_pretrained, which attaches it")
+
+
 def reverse_variance(variance: str, alpha_t: float, gamma_t: float, gamma_prev: float, var_y0=None) -> float:
     """sigma_t^2 of (10) under ``variance`` ("paper", "posterior" or "analytic"); ``var_y0``: a callable
     gamma -> v (a ``VarianceTable``) or a number, needed by "analytic" only."""
@@ -54,9 +61,7 @@ def reverse_variance(variance: str, alpha_t: float, gamma_t: float, gamma_prev: 
         return post
     if variance != "analytic":
         raise ValueError(f"variance must be one of {list(VARIANCES)}, got {variance!r}")
-    if var_y0 is None:
-        raise ValueError("variance='analytic' needs the network's v(gamma): pass var_y0= (a VarianceTable from "
-                         "evaluate.estimate_var_y0), or load the model with load_pretrained, which attaches it")
+    require_var_y0(var_y0)
     v = var_y0(gamma_t) if callable(var_y0) else float(var_y0)
     # deviation (Analytic-DPM): clamped to [sigma~^2, 1 - alpha_t], the range the theory allows for unit data
     return min(max(kl_optimal_variance(alpha_t, gamma_t, gamma_prev, max(v, 0.0)), post), 1 - alpha_t)
