@@ -174,6 +174,8 @@ def make_eval_other() -> list[Path]:
 def main() -> None:
     files = make_train() + make_eval() + make_eval_other()
     lines = [f"{sha256(p)}  {p.relative_to(DATA).as_posix()}" for p in files]
+    names = {line.split()[1] for line in lines}      # keep the other files' lines (the bundled models')
+    lines += [line for line in (DATA / "SHA256SUMS").read_text().splitlines() if line.split()[1] not in names]
     (DATA / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     print(f"total {sum(p.stat().st_size for p in files) / 1e6:.2f} MB; wrote data/SHA256SUMS")
 

@@ -27,6 +27,7 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
     ``model.var_y0`` holds the network's v(gamma) for ``super_resolve(variance="analytic")`` when the checkpoint
     has one beside it (``variance.py``). ``kind="regression"`` gives the regression baseline of the paper's comparisons instead. The files are
     looked up by ``data.data_dir()``: $SR3_MINI_DATA, the copy inside an installed wheel, or data/ in a clone.
+    A file listed in the SHA256SUMS beside it must match its checksum, else a ValueError says to reinstall.
     """
     from .checkpoint import load_model
     from .data import data_dir
@@ -39,6 +40,23 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
         raise FileNotFoundError(f"bundled model {path.name} not found in {path.parent}: set SR3_MINI_DATA to a "
                                 "folder that holds it, or install sr3_mini from a clone or a wheel built from "
                                 "one (data/MODEL_CARD.md says how to retrain it)")
+    _check_sha256(path)
     model, info = load_model(path, device=device, use_ema=True)
     model.var_y0 = load_table(path)      # v(gamma) for variance="analytic" (variance.py), or None
     return model, Schedule.from_dict(info["schedule"]), info
+
+
+def _check_sha256(path) -> None:
+    """``path`` against its line in the SHA256SUMS beside it (``sha256sum`` format), if listed: damage that leaves a
+    loadable file (flipped bytes in the weights) then stops here. Hashing the 6 MB models takes milliseconds."""
+    import hashlib
+
+    sums = path.parent / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    listed = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line.strip())
+    listed = {name.strip().lstrip("*"): digest for name, digest in listed.items()}
+    if path.name in listed and hashlib.sha256(path.read_bytes()).hexdigest() != listed[path.name]:
+        raise ValueError(f"bundled model {path} does not match its checksum in {sums}: the file is damaged. Reinstall "
+                         "sr3_mini (pip install --force-reinstall sr3_mini) or restore it (git checkout in a clone); "
+                         "after a retrain, update its line there")

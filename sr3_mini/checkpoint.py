@@ -19,7 +19,12 @@ run (network, EMA, optimizer, generator, loss scaler, this process's RNG), so th
 ``save_checkpoint`` writes a temporary file in the destination folder, flushes and fsyncs it, then renames it
 over the destination (``os.replace`` is atomic on POSIX and Windows) and fsyncs the folder: a crash or kill at
 any moment leaves either the previous checkpoint or the new one, never a mixture. A kill may leave a stray
-``*.tmp`` file beside it, which is harmless.
+``.NAME.PID.XXXXXXXX.tmp`` beside it: the next save of the same file removes those whose writer is gone.
+
+``load_checkpoint`` and ``load_model`` trust nothing in the file: the zip's CRC-32s are checked (``torch.load``
+does not: flipped bytes in the weights would load), and every field they use is validated, so that every way of
+failing to load (truncated, damaged, not a checkpoint, a malformed schedule or config, NaN weights) is one
+ValueError naming the file.
 
 The regression baseline of the paper (section 4) uses the same U-Net and file format with ``kind="regression"``
 (``KINDS``: the one spelling of the kinds); its inference is ``sample.regression_predict``. Files only: no
@@ -30,9 +35,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import pickle
+import re
 import tempfile
+import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -44,6 +51,7 @@ FORMAT = "sr3_mini/1"
 REQUIRED_KEYS = ("format", "kind", "unet_config", "schedule", "scale", "model")
 KINDS = ("sr3", "regression")   # a diffusion model (Algorithm 2) or the paper's regression baseline (section 4)
 BIG_KEYS = ("model", "ema", "optimizer", "rng", "scaler")  # left out of load_model's ``info`` and of exports
+STALE_TEMP_SECONDS = 60   # a save writes its temporary file continuously: one untouched this long is not being written
 
 
 def make_state(*, kind: str, model, schedule, scale: int, ema=None, optimizer=None, step: int = 0, rng=None,
@@ -66,7 +74,9 @@ def save_checkpoint(path, state: dict) -> Path:
     folder). Creates the folder if needed. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    # the writer's pid in the name: a later save can tell a killed save's file from a live one's
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -82,6 +92,34 @@ def save_checkpoint(path, state: dict) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove the temporary files of earlier saves of ``path`` that were killed before their rename (68 MB after 8
+    kills of a training run): ``.NAME.PID.XXXXXXXX.tmp`` (``.NAME.XXXXXXXX.tmp`` from older versions) whose
+    writer is not running here and that nobody has written to for STALE_TEMP_SECONDS (which also spares a writer
+    on another machine sharing the folder)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp")
+    for tmp in path.parent.iterdir():
+        match = pattern.fullmatch(tmp.name)
+        if not match or (match[1] and _running(int(match[1]))):
+            continue
+        with contextlib.suppress(OSError):      # gone already (another save cleaned it), or not ours to remove
+            if time.time() - tmp.stat().st_mtime >= STALE_TEMP_SECONDS:
+                tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (always True on Windows, where os.kill would end it)."""
+    if os.name == "nt" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)                          # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except OSError:                              # exists, but is another user's
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -101,11 +139,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_crcs(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+    except Exception as e:          # a damaged pickle makes torch.load raise anything: IndexError, KeyError, ...
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt, or it holds objects other "
-                         f"than tensors and plain data): {e}") from e
+                         f"than tensors and plain data): {type(e).__name__}: {e}") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not an sr3_mini checkpoint dict")
     if state.get("format") != FORMAT:
@@ -115,7 +154,40 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ValueError(f"{path} lacks the checkpoint keys {missing}")
     if state["kind"] not in KINDS:
         raise ValueError(f"{path} has kind {state['kind']!r}; expected one of {KINDS}")
+    scale = state["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"{path} has scale {scale!r}; expected an integer >= 1")
+    _check_schedule(state["schedule"], path)
     return state
+
+
+def _check_crcs(path: Path) -> None:
+    """Read every entry of the checkpoint's zip and check its CRC-32 (``torch.load`` does not: 64 flipped bytes
+    in the weights loaded silently). One more read of the file. Files that are not zips are left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except Exception as e:          # a damaged directory can make zipfile raise more than BadZipFile
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt): {type(e).__name__}: {e}") \
+            from e
+    if bad is not None:
+        raise ValueError(f"{path} is corrupt: its entry {bad} fails its CRC check (damaged since it was written); "
+                         "use another copy")
+
+
+def _check_schedule(d, path: Path) -> None:
+    """The saved training schedule must rebuild (``Schedule.from_dict``): alphas in (0, 1)."""
+    from sr3_mini.schedule import Schedule
+
+    if not isinstance(d, dict) or "alphas" not in d:
+        raise ValueError(f"{path} has a malformed schedule: it needs the key 'alphas' (Schedule.to_dict), got "
+                         f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+    try:
+        Schedule.from_dict(d)
+    except Exception as e:
+        raise ValueError(f"{path} has a malformed schedule: {type(e).__name__}: {e}") from e
 
 
 def unet_config_from_dict(d: dict):
@@ -146,14 +218,19 @@ def check_state_dict(model: torch.nn.Module, sd: dict, what: str = "weights") ->
 def load_model(path, device="cpu", use_ema: bool = True):
     """Rebuild the U-Net of a checkpoint. Returns ``(model, info)``: the UNet in eval mode on ``device`` (float32,
     EMA weights when ``use_ema`` and present), and the checkpoint dict without its big entries, plus
-    ``info["weights"]`` = "ema" or "model" saying which were loaded."""
+    ``info["weights"]`` = "ema" or "model" saying which were loaded. ``model.scale`` is the checkpoint's scale.
+    Every way of failing to load is a ValueError naming the file (FileNotFoundError when it is missing)."""
     from sr3_mini.unet import UNet
 
     state = load_checkpoint(path)
-    model = UNet(unet_config_from_dict(state["unet_config"]))
+    try:
+        model = UNet(unet_config_from_dict(state["unet_config"]))
+    except Exception as e:          # wrong types or values: TypeError, ValueError, ZeroDivisionError, ...
+        raise ValueError(f"{path} has an unusable unet_config: {type(e).__name__}: {e}") from e
     use = load_weights(model, state, use_ema, f" of {path}")
     info = {k: v for k, v in state.items() if k not in BIG_KEYS}
     info["weights"] = state.get("weights_source", use)
+    model.scale = state["scale"]    # what it was trained for: super_resolve refuses another
     return model.to(device).eval(), info
 
 
@@ -164,7 +241,14 @@ def load_weights(model: torch.nn.Module, state: dict, use_ema: bool = True, wher
     sd = state[use]
     if sd is None:
         raise ValueError(f"the checkpoint{where} holds no weights under {use!r}")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"the {use} weights{where} are not a dict of tensors")
     check_state_dict(model, sd, what=f"{use} weights{where}")
+    # found here, not as a NaN sample after minutes of sampling: a diverged run, or a damaged file
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the {use} weights{where} hold NaN or inf values ({', '.join(bad[:4])}"
+                         f"{' ...' if len(bad) > 4 else ''}): use an earlier checkpoint of the run")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     return use
 

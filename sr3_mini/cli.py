@@ -11,9 +11,10 @@ SR3 samples with the checkpoint's own training schedule respaced to ``--steps``;
 and tiled (``tiling.py``), and ``upscale`` refuses, before it starts, a run estimated beyond ``--max-gib`` or
 ``--max-minutes``. User errors (missing or non-image files, an existing output, a mismatched checkpoint, bad
 option values, a training configuration that cannot run) end with one line ``sr3-mini: error: ...`` on stderr
-and exit status 2, having written nothing; outputs are written atomically.
+and exit status 2, having written nothing; outputs are written atomically. ``train`` stopped by Ctrl-C or
+SIGTERM saves the step reached and exits with 130; a run that stops early says, in one line, what it kept.
 Here: parsing and messages only; what each command does is in ``commands.py``.
-Relies on: commands, train (TrainConfig, for ``train``'s options), checkpoint (``KINDS``).
+Relies on: commands, train_config (TrainConfig, for ``train``'s options), checkpoint (``KINDS``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ import argparse
 import ast
 import contextlib
 import dataclasses
+import math
+import re
 import sys
 
 import torch
@@ -43,6 +46,18 @@ def _int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
         return v
     return parse
+
+
+def _limit(s: str) -> float:
+    """A --max-* limit: a finite number >= 0. NaN compares False with every estimate and inf never trips, so
+    either would switch the guard off silently; 0 is the way to say "no limit"."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = no limit), got {s!r}")
+    return v
 
 
 def _device(s: str) -> torch.device:
@@ -89,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--scale", type=_int_at_least(2), help="must match the checkpoint (default: its scale)")
     u.add_argument("--steps", type=steps, default=DEFAULT_STEPS, help=f"refinement steps (default {DEFAULT_STEPS})")
     u.add_argument("--checkpoint", help="SR3 or regression checkpoint (default: the bundled SR3 model)")
-    u.add_argument("--max-gib", type=float, default=MAX_GIB, help=f"refuse beyond this estimated memory "
+    u.add_argument("--max-gib", type=_limit, default=MAX_GIB, help=f"refuse beyond this estimated memory "
                    f"(default {MAX_GIB:g}; 0 = no limit)")
-    u.add_argument("--max-minutes", type=float, default=MAX_MINUTES, help=f"refuse beyond this estimated time "
+    u.add_argument("--max-minutes", type=_limit, default=MAX_MINUTES, help=f"refuse beyond this estimated time "
                    f"(default {MAX_MINUTES:g}; 0 = no limit)")
     u.set_defaults(run=cmd_upscale)
 
@@ -110,30 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    """One option per TrainConfig field (``--batch-size`` for batch_size, ...), defaults from TrainConfig."""
-    from .train import TrainConfig
+    """One option per TrainConfig field (``--batch-size`` for batch_size, ...): its default, and its help text from
+    the field itself (``train_config.py``), so that the two never disagree."""
+    from .train_config import TrainConfig
     p = argparse.ArgumentParser(prog="sr3-mini train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train SR3 (Algorithm 1) or the regression baseline. Writes last.pt, "
-                                "config.json, log.jsonl, val_*.png and loss.png to --out-dir.")
+                                "config.json, log.jsonl, val_*.png and loss.png to --out-dir. Ctrl-C or SIGTERM "
+                                "saves the step reached (exit status 130); --resume continues.")
     choices = {"kind": KINDS, "autocast": ("none", "bf16", "fp16"), "loss_p": (1, 2)}
     for f in dataclasses.fields(TrainConfig):
-        flag, default = "--" + f.name.replace("_", "-"), getattr(TrainConfig(), f.name)
+        flag, default, text = _flag(f.name), getattr(TrainConfig(), f.name), f.metadata["help"]
         if f.name == "unet":
-            p.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help="UNetConfig override")
+            p.add_argument(flag, action="append", default=[], metavar="KEY=VALUE", help=text)
         elif f.name == "resume":
-            p.add_argument(flag, nargs="?", const="auto", default="", help="continue out_dir/last.pt, or a path")
+            p.add_argument(flag, nargs="?", const="auto", default="", help=text)
         elif isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=" ")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            p.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name), help=" ")
+            p.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name), help=text)
     p.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help="alias of --out-dir")
     return p
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def config_from_args(argv=None):
     """The TrainConfig of ``sr3-mini train`` options; --unet values are Python literals where they parse.
-    A field out of range (``train.ConfigError``) is a CLIError: one line on stderr, exit status 2."""
-    from .train import ConfigError, TrainConfig
+    A field out of range (``train.ConfigError``) is a CLIError naming its option: one line on stderr, exit 2."""
+    from .train_config import ConfigError, TrainConfig
     args = vars(train_parser().parse_args(argv))
     unet = {}
     for item in args.pop("unet"):
@@ -146,7 +167,8 @@ def config_from_args(argv=None):
     try:
         return TrainConfig(**args, unet=unet)
     except ConfigError as e:                      # checked when the config is made, before anything runs
-        raise CLIError(str(e)) from None
+        fields = "|".join(f.name for f in dataclasses.fields(TrainConfig))    # "lr must be" -> "--lr must be"
+        raise CLIError(re.sub(rf"\b({fields})(?= must be)", lambda m: _flag(m[1]), str(e))) from None
 
 
 def main(argv=None) -> int:

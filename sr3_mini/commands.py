@@ -6,9 +6,11 @@ Relies on: checkpoint, data, evaluate, resize, schedule, tiling, variance, viz (
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +30,16 @@ DEMO_STEPS = 50      # deviation: half the steps of upscale/evaluate, so `demo` 
 DEFAULT_STEPS = 100  # upscale / evaluate: the inference length of the SR3 community code
 DEFAULT_TILE = 128   # LR pixels per tile side (512 HR pixels at x4)
 MAX_GIB, MAX_MINUTES = 4.0, 60.0   # upscale refuses to start beyond these (0 = no limit)
+LONG_RUN_SECONDS = 60                # upscale shows its estimate first when a run should take longer
 
 
 class CLIError(Exception):
     """A user error: reported as one line on stderr, exit status 2, no traceback."""
+
+
+def _note(text: str) -> None:
+    """One line on stderr, now (before the work it announces)."""
+    print(f"sr3-mini: {text}", file=sys.stderr, flush=True)
 
 
 def _one_line(e: BaseException) -> str:
@@ -47,15 +55,45 @@ def _writable_formats() -> set:
 
 
 def _check_output(path, overwrite: bool, image: bool = True) -> Path:
-    """Refuse, before any work, an output that exists (without --overwrite), is a folder or has no known format."""
+    """Refuse, before any work, an output that exists (without --overwrite), is a folder, has a format Pillow
+    cannot write, or lies where no file can be created."""
     path = Path(path)
     if path.is_dir():
         raise CLIError(f"output {path} is a folder")
     if path.exists() and not overwrite:
         raise CLIError(f"{path} already exists; pass --overwrite to replace it")
-    if image and path.suffix.lower() not in _writable_formats():
-        raise CLIError(f"cannot tell the image format of {path}: use a suffix such as .png")
+    if image:
+        _check_image_format(path)
+    _check_folder(path)
     return path
+
+
+def _check_image_format(path: Path) -> None:
+    """Pillow knows some suffixes it cannot write RGB in (.xbm: 1-bit only; .h5: no save handler): a 1 x 1 RGB
+    image, what ``data.save_image`` writes, is saved to memory in the suffix's format."""
+    from PIL import Image
+    if path.suffix.lower() not in _writable_formats():
+        raise CLIError(f"cannot tell the image format of {path}: use a suffix such as .png")
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise CLIError(f"cannot write {path}: Pillow cannot save RGB images as {fmt} ({_one_line(e)}); use a suffix "
+                       "such as .png") from None
+
+
+def _check_folder(path: Path) -> None:
+    """Create and remove a temporary file where the output will go (its nearest existing folder): a read-only
+    folder or file system, a missing permission or a file in the way is then found before the work, not after."""
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise CLIError(f"cannot write {path}: {folder} is a file, not a folder; choose another output")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".sr3_mini_check."):
+            pass
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: no file can be created in {folder} ({e.strerror or e}); choose "
+                       "another output") from None
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -216,6 +254,9 @@ def cmd_upscale(args) -> int:
     if too_big:
         raise CLIError(f"{args.input} ({x.shape[-1]}x{x.shape[-2]}, {cost['tiles']} tiles) would take "
                        f"{' and '.join(too_big)}; raise the limit (0 = none) or upscale a smaller image")
+    if cost["seconds"] > LONG_RUN_SECONDS:       # shown even with --quiet: the run may hold the machine for long
+        _note(f"{args.input}: {cost['tiles']} tile(s), estimated ~{cost['seconds'] / 60:.0f} minutes and "
+              f"~{cost['gib']:.1f} GiB of memory; Ctrl-C stops it without writing anything")
     y = upscale_image(model, info["kind"], x, scale, args.steps, torch.Generator().manual_seed(args.seed),
                       args.tile, not args.quiet, info["inference"](args.steps) if sr3 else None, args.variance)
     _write_atomically(out, lambda tmp: data.save_image(y[0], tmp))
@@ -273,17 +314,33 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(cfg) -> int:
-    """``sr3-mini train``: also works under torchrun (every rank runs it; rank 0 writes)."""
-    from .train import ConfigError, NonFiniteLossError, dist_env, train
+    """``sr3-mini train``: also works under torchrun (every rank runs it; rank 0 writes). Every way the run can
+    stop early is one line on stderr: a user error or a stopped run (non-finite, diverged, a file it cannot
+    write: each names the checkpoint kept) exit with 2, a signal (Ctrl-C, SIGTERM: the step reached is saved)
+    with 130. The library's warnings are one line each too."""
+    import warnings
+
+    from .train import ConfigError, DivergedError, NonFiniteLossError, TrainingInterrupted, dist_env, train
     from .viz import plot_log
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"sr3-mini: warning: {_one_line(message)}", file=sys.stderr)
+    rank = dist_env()[0]
     try:
-        result = train(cfg)
-    except (ConfigError, FileExistsError) as e:          # raised before the run writes anything
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")                 # each warning once, whatever this process saw before
+            warnings.showwarning = one_line_warning
+            result = train(cfg)
+    except (ConfigError, FileExistsError, NonFiniteLossError, DivergedError, OSError) as e:
         raise CLIError(_one_line(e)) from None
-    except NonFiniteLossError as e:
-        print(f"sr3-mini: {e}", file=sys.stderr)
-        return 1
-    if dist_env()[0] == 0:
+    except TrainingInterrupted as e:                         # the step reached is saved (or the line says why not)
+        if rank == 0:
+            print(f"sr3-mini: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:                                # train.py takes signals over from its first write on
+        print("sr3-mini: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
+    if rank == 0:
         plot_log(Path(cfg.out_dir) / "log.jsonl", Path(cfg.out_dir) / "loss.png")
         print(f"stopped at step {result['step']} ({result['stopped']}); {Path(cfg.out_dir) / 'last.pt'}")
     return 0

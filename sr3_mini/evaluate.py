@@ -49,7 +49,9 @@ class Sampler:
 
     @property
     def label(self) -> str:
-        return f"DDIM {self.steps}" if self.sampler == "ddim" else f"DDPM {self.steps} {self.variance}"
+        if self.sampler == "ddpm":
+            return f"DDPM {self.steps} {self.variance}"
+        return f"{'DPM-Solver++(2M)' if self.sampler == 'dpm2m' else self.sampler.upper()} {self.steps}"
 
 
 def held_out(name: str = "eval", size: int | None = None, multiple: int = 16) -> tuple[list, torch.Tensor]:

@@ -10,8 +10,9 @@ Saharia et al., "Image Super-Resolution via Iterative Refinement" (2021), sectio
 
 with sigma_t^2 = 1 - alpha_t as in the paper, or the posterior variance of (4) (``super_resolve``'s default, a
 named deviation: see its docstring). ``refine`` is that loop for any step function; the steps are data,
-``SAMPLERS``: ``"ddpm"`` (``ddpm_step``, the step above, ``diffusion.p_sample_step``) and ``"ddim"``
-(``ddim_step``, deterministic DDIM, Song et al. 2021, eta = 0; not in SR3). A new sampler is one function with
+``SAMPLERS``: ``"ddpm"`` (``ddpm_step``, the step above, ``diffusion.p_sample_step``), ``"ddim"``
+(``ddim_step``, deterministic DDIM, Song et al. 2021, eta = 0; not in SR3) and ``"dpm2m"`` (``dpm2m_step``,
+DPM-Solver++(2M): the same ODE as DDIM, to second order; not in SR3). A new sampler is one function with
 the signature of ``Step`` and one entry in ``SAMPLERS``. Also: ``super_resolve`` (raw LR x -> bicubic x_up ->
 sample, in the network's variable: ``unet.target_of``), the regression baseline's one pass
 (``regression_predict``) and a ``cascade`` of x4 stages (the paper's section 4). Images of any size:
@@ -37,11 +38,16 @@ from . import diffusion as D
 from .accel import AUTOCAST, SamplingNet
 from .resize import upsample
 from .schedule import Schedule, positive_int
-from .unet import target_of
+from .unet import WRAPPED, target_of
 from .variance import VARIANCES, require_var_y0, reverse_variance
 
-__all__ = ["Trajectory", "Stage", "Step", "ddpm_step", "ddim_step", "SAMPLERS", "refine", "default_inference_schedule",
-           "sample_loop", "ddim_loop", "super_resolve", "REGRESSION_GAMMA", "regression_predict", "cascade"]
+__all__ = ["Trajectory", "Stage", "Step", "ddpm_step", "ddim_step", "dpm2m_step", "SAMPLERS", "refine",
+           "default_inference_schedule", "sample_loop", "ddim_loop", "super_resolve", "LR_OVERSHOOT",
+           "REGRESSION_GAMMA", "regression_predict", "cascade"]
+
+# super_resolve clamps LR values up to this beyond [-1, 1]: resampling overshoots at edges (bicubic, antialias:
+# [-1.07, 1.14] on the held-out photos). Further out (0..255 pixels) it refuses
+LR_OVERSHOOT = 0.25
 
 
 @dataclass
@@ -125,7 +131,31 @@ def ddim_step(y_t: torch.Tensor, eps: torch.Tensor, k: Step):
     return D.q_sample(y0_hat, k.gamma_prev, eps), y0_hat
 
 
-SAMPLERS = {"ddpm": ddpm_step, "ddim": ddim_step}
+def dpm2m_step(y_t: torch.Tensor, eps: torch.Tensor, k: Step):
+    """DPM-Solver++(2M) (Lu et al. 2022), an extra, not part of SR3: a second-order multistep solver of the same
+    probability-flow ODE that DDIM discretises with Euler's method, one network call per step. In the half
+    log-SNR lambda = log(sqrt(gamma) / sqrt(1 - gamma)), with h = lambda_{t-1} - lambda_t, DDIM's step is
+
+        y_{t-1} = sqrt(1 - gamma_{t-1}) / sqrt(1 - gamma_t) y_t + sqrt(gamma_{t-1}) (1 - e^{-h}) D
+
+    with D = y^_0; this solver puts in D the linear extrapolation of the last two y^_0 along lambda,
+    D = (1 + 1/(2r)) y^_0 - 1/(2r) y^_0_previous, r = h_previous / h (first and last step: D = y^_0, DDIM)."""
+    y0_hat = D.predict_y0(y_t, eps, k.gamma)                              # (8)
+    y0_hat = y0_hat if k.clip is None else y0_hat.clamp(*k.clip)
+    if k.t == 1:                                                          # to gamma = 1: h = inf, y_0 = y^_0
+        return y0_hat, y0_hat
+    lam = lambda g: 0.5 * (math.log(g) - math.log1p(-g))                  # half log-SNR
+    h = lam(k.gamma_prev) - lam(k.gamma)
+    d = y0_hat
+    if "y0_hat" in k.memory:                                              # second order from the second step on
+        r = k.memory["h"] / h
+        d = (1 + 0.5 / r) * y0_hat - (0.5 / r) * k.memory["y0_hat"]
+    k.memory.update(y0_hat=y0_hat, h=h)
+    y_prev = math.sqrt((1 - k.gamma_prev) / (1 - k.gamma)) * y_t - math.sqrt(k.gamma_prev) * math.expm1(-h) * d
+    return y_prev, y0_hat
+
+
+SAMPLERS = {"ddpm": ddpm_step, "ddim": ddim_step, "dpm2m": dpm2m_step}
 
 
 def refine(f_theta, x_up: torch.Tensor, schedule: Schedule, step="ddpm", *, generator: torch.Generator | None = None,
@@ -198,8 +228,13 @@ def ddim_loop(f_theta, x_up: torch.Tensor, schedule: Schedule, **kwargs):
 def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, steps: int = 100,
                   generator: torch.Generator | None = None, variance: str = "posterior", clip=True,
                   sampler: str = "ddpm", return_trajectory: bool = False, progress: bool = True,
-                  autocast: str | None = None, scale: int = 4, compile=False, var_y0=None, **trajectory_kw):
+                  autocast: str | None = None, scale: int | None = None, compile=False, var_y0=None,
+                  **trajectory_kw):
     """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
+
+    ``x``: float32 or float64; values up to LR_OVERSHOOT beyond [-1, 1] are clamped. ``scale``: the model's own
+    (``model.scale``, from ``load_model``; else 4); another raises. A greyscale x (three equal channels, as
+    ``data.load_image`` makes of an L file) comes back greyscale: the output's channels are set to their mean.
 
     x_up = ``resize.upsample(x, scale)`` conditions ``refine`` with the step ``SAMPLERS[sampler]`` ("ddpm",
     Algorithm 2, or "ddim"). ``schedule=None``: ``default_inference_schedule(steps)``; a given schedule is used as
@@ -225,7 +260,10 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     _choice(variance, "variance", VARIANCES)
     target = target_of(model)
     var_y0 = var_y0 if var_y0 is not None else getattr(model, "var_y0", None)
+    scale = _check_scale(model, scale)
     _check_image(x)
+    x = x.clamp(-1, 1)                                    # the overshoot of resampling (LR_OVERSHOOT)
+    grey = (x[:, :1] == x[:, 1:]).flatten(1).all(1)      # [B]: three equal channels
     x_up = upsample(x, scale)
     H, W = x_up.shape[-2:]
     multiple = getattr(model, "multiple", 1)
@@ -252,6 +290,7 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         raise FloatingPointError("the sample is not finite (NaN or inf): the network overflowed; try without "
                                  "autocast, or check the checkpoint")
     y = target.decode(y, x_up.to(y.dtype)).clamp(-1, 1).to(x.device)     # the residual target: y = x_up + s r
+    y = torch.where(grey[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)   # greyscale stays grey
     if traj is None:
         return y
     up = x_up.float().cpu().expand_as(traj.y_t)                           # the trajectory in image space too
@@ -276,20 +315,35 @@ def regression_predict(model, x_up: torch.Tensor) -> torch.Tensor:
     return target.decode(model(y_t, x_up, gamma), x_up)
 
 
+def _check_scale(model, scale) -> int:
+    """``scale``, or the model's own (``.scale``, read through ``unet.WRAPPED``) when None, else 4. Another than
+    the model's raises: a x4 network asked for x3 would return a x3 image quietly."""
+    own, m = None, model
+    for _ in range(8):                                    # wrappers of wrappers, never a cycle
+        own = own or (m.scale if isinstance(getattr(m, "scale", None), int) else None)
+        m = next((getattr(m, a) for a in WRAPPED if getattr(m, a, None) is not None), m)
+    scale = (own or 4) if scale is None else positive_int(scale, "scale")
+    if own is not None and scale != own:
+        raise ValueError(f"the model was trained for x{own}, not scale={scale}; leave scale out to use its own")
+    return scale
+
+
 def _check_image(x) -> None:
-    """An LR batch [B, 3, h, w] of floats in [-1, 1], finite: what every image of sr3_mini is."""
+    """An LR batch [B, 3, h, w] of floats in [-1, 1] (up to LR_OVERSHOOT beyond), finite, not empty."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be an LR batch [B, 3, h, w], got {shape}")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty: {tuple(x.shape)}; super_resolve needs at least one image of at least 1 x 1")
     if not x.is_floating_point():
         raise ValueError(f"x must be a float image in [-1, 1], got dtype {x.dtype} (for uint8 0..255 pixels, "
                          "use data.from_uint8)")
     if not torch.isfinite(x).all():
         raise ValueError("x holds NaN or inf values")
     low, high = x.min().item(), x.max().item()
-    if low < -1.01 or high > 1.01:                              # 0.01: room for an unclamped bicubic overshoot
-        raise ValueError(f"x must lie in [-1, 1], got values in [{low:.4g}, {high:.4g}] (0..255 pixels: "
-                         "v / 127.5 - 1; 0..1: 2 v - 1)")
+    if low < -1 - LR_OVERSHOOT or high > 1 + LR_OVERSHOOT:
+        raise ValueError(f"x must lie in [-1, 1] (resampling's overshoot up to {LR_OVERSHOOT:g} beyond is clamped), "
+                         f"got values in [{low:.4g}, {high:.4g}] (0..255 pixels: v / 127.5 - 1; 0..1: 2 v - 1)")
     if low >= 0 and high > 0.5:
         warnings.warn(f"x lies in [{low:.3g}, {high:.3g}]: is it a 0..1 image? sr3_mini images are in [-1, 1] "
                       "(map with 2 v - 1)", stacklevel=3)

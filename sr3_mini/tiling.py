@@ -7,7 +7,7 @@ and x_up, the tiles' eps are blended with weights that fall off towards tile edg
 on the whole image with whole-image noise z (as MultiDiffusion, Bar-Tal et al. 2023). So there is one sample,
 not a patchwork of independent ones, and no seams: the overlap is a quarter of the tile, which is why a tile
 must be at least 4 x ``model.multiple``.
-Relies on: sample (super_resolve, regression_predict), resize, schedule.
+Relies on: sample (super_resolve, regression_predict), resize, schedule, blocks (Attention), accel.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from .accel import memory_format
+from .blocks import Attention
 from .resize import upsample
 from .sample import regression_predict, super_resolve
 from .schedule import Schedule
@@ -27,6 +29,13 @@ __all__ = ["Tiled", "upscale_image", "estimate_cost"]
 # float32 [3, H, W] images alive at once in a tiled step: x_up, y_t, z, eps and its blend, the step's temporaries
 FULL_IMAGES = 10
 PROBE = 128   # side of the patch timed by estimate_cost (a whole tile's attention could itself be too large)
+# float32 [B, heads, tokens, tokens] matrices alive at once in a self-attention layer where PyTorch's SDPA takes
+# its math path (scores and their softmax; measured on CPU: 2.3-2.5x one matrix). blocks.Attention hands SDPA
+# contiguous q, k, v, for which the flash / memory-efficient kernels of the CPU and CUDA build no matrix: there
+# the layer keeps q, k, v and its output, ATTN_COPIES [B, tokens, channels] tensors. Other devices (MPS) are
+# counted with the matrices, an upper bound.
+ATTN_MATRICES = 2.5
+ATTN_COPIES = 4
 
 
 class Tiled(torch.nn.Module):
@@ -99,6 +108,8 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
         device = next(model.parameters()).device
         with torch.no_grad():
             y = regression_predict(net, upsample(x_pad, scale).to(device)).clamp(-1, 1).to(x.device)
+        grey = (x[:, :1] == x[:, 1:]).flatten(1).all(1)       # greyscale in, greyscale out, as super_resolve
+        y = torch.where(grey[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
     else:
         y = super_resolve(net, x_pad, schedule=schedule, steps=steps, generator=generator, scale=scale,
                           progress=progress, var_y0=getattr(model, "var_y0", None),
@@ -108,28 +119,71 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
 
 def estimate_cost(model, x_shape, scale: int, steps: int, tile: int = 128, batch: int = 4) -> dict:
     """What ``upscale_image`` of an LR batch of ``x_shape`` [B, 3, h, w] will ask for, before it runs:
-    ``{"gib": memory, "seconds": time, "tiles": tiles per step}``. Memory: FULL_IMAGES float32 copies of the
-    image plus one batch of tiles' activations (every level's feature maps, kept for the skips), a rough
-    figure (within ~2x). Time: one timed forward of a PROBE x PROBE patch, scaled by pixels to a tile, times
-    tiles x steps; measured only when the image needs more than one tile (one tile costs about what its first
-    step shows)."""
+    ``{"gib": memory, "seconds": time, "tiles": tiles per step}``, within ~3x (tests/test_cost.py).
+
+    One forward of a PROBE x PROBE patch (after a warm-up call) is timed and watched: hooks count its
+    convolutions' FLOPs and the tokens of every self-attention layer. Both scale exactly to a tile (convolutions
+    ~ pixels, attention ~ tokens^2), so time = the probe's time x (a tile's FLOPs / the probe's) x tiles x steps,
+    for one tile too. Memory: FULL_IMAGES float32 copies of the image, one batch of tiles' activations (every
+    level's feature maps, kept for the skips) and the largest attention layer's own: on CPU and CUDA ATTN_COPIES
+    [batch, tokens, channels] tensors; elsewhere ATTN_MATRICES float32 [batch, heads, tokens, tokens], which grow
+    with the square of the tile's pixels (at 60,000 tokens one is 13 GiB).
+    """
     B, _, h, w = x_shape
     pad_h, pad_w = _padding(model, x_shape, scale)
     H, W = scale * (h + pad_h), scale * (w + pad_w)
     net = Tiled(model, tile * scale, batch)
     th, tw = min(net.tile, H), min(net.tile, W)
     tiles = len(net.starts(H)) * len(net.starts(W))
+    side = min(th, tw, max(PROBE, model.multiple))
+    probe_seconds, conv_flops, attention = _probe(model, B, side)
+    r = th * tw / side ** 2                                 # the tile's pixels per probe pixel
+    attn_flops = lambda n: sum(4 * B * (tokens * n) ** 2 * channels for tokens, channels, _ in attention)  # noqa: E731
+    seconds = probe_seconds * (conv_flops * r + attn_flops(r)) / (conv_flops + attn_flops(1)) * tiles * steps
+    n = min(tiles, batch)                                  # tiles in one forward
     c = model.config
     per_pixel = sum(c.channels * m * (c.num_res_blocks + 2) / 4 ** k for k, m in enumerate(c.channel_mults))
-    activations = min(tiles, batch) * B * th * tw * per_pixel * 4
-    gib = (FULL_IMAGES * B * 3 * H * W * 4 + activations) / 2 ** 30
-    seconds = 0.0
-    if tiles > 1:
-        p = next(model.parameters())
-        side = min(th, tw, max(PROBE, model.multiple))
-        probe = torch.zeros(B, 3, side, side, device=p.device)
-        with torch.no_grad():
-            start = time.perf_counter()
-            model(probe, probe, torch.full((B,), 0.5, device=p.device))
-            seconds = (time.perf_counter() - start) * th * tw / side ** 2 * tiles * steps   # convolutions: ~ pixels
+    activations = n * B * th * tw * per_pixel * 4
+    if next(model.parameters()).device.type in ("cpu", "cuda"):     # flash / memory-efficient SDPA: no matrix
+        matrices = max((ATTN_COPIES * n * B * tokens * r * channels * 4 for tokens, channels, _ in attention), default=0)
+    else:
+        matrices = max((ATTN_MATRICES * n * B * heads * (tokens * r) ** 2 * 4 for tokens, _, heads in attention),
+                       default=0)
+    gib = (FULL_IMAGES * B * 3 * H * W * 4 + activations + matrices) / 2 ** 30
     return {"gib": gib, "seconds": seconds, "tiles": tiles}
+
+
+def _probe(model, B: int, side: int):
+    """One timed forward of a [B, 3, side, side] patch (after an untimed one: first calls set up kernels).
+    Returns (seconds, the FLOPs of its convolutions, [(tokens, channels, heads) of each attention layer])."""
+    conv_flops, attention = [0], []
+
+    def conv_hook(m, _, out):
+        conv_flops[0] += 2 * out.numel() * m.in_channels // m.groups * math.prod(m.kernel_size)
+
+    def attn_hook(m, args):
+        attention.append((args[0].shape[-2] * args[0].shape[-1], args[0].shape[1], m.heads))
+    p = next(model.parameters())
+    # in the layout the sampler gives the network (accel.SamplingNet): it changes speed, and which SDPA path runs
+    probe = torch.zeros(B, 3, side, side, device=p.device).contiguous(memory_format=memory_format(p.device))
+    gamma = torch.full((B,), 0.5, device=p.device)
+    with torch.no_grad():
+        model(probe, probe, gamma)
+        hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        hooks += [m.register_forward_pre_hook(attn_hook) for m in model.modules() if isinstance(m, Attention)]
+        try:
+            _sync(p.device)
+            start = time.perf_counter()
+            model(probe, probe, gamma)
+            _sync(p.device)
+            seconds = time.perf_counter() - start
+        finally:
+            for hook in hooks:
+                hook.remove()
+    return seconds, max(conv_flops[0], 1), attention
+
+
+def _sync(device) -> None:
+    """Wait for the device's queued work: CUDA returns before it computes, and would be timed at ~0 s."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -21,7 +21,12 @@ the *global* batch (batch_size x world_size) and keeps its own slice: the run is
 single-process run with the global batch (equal up to the rounding of the gradient all-reduce). The uint8 crop
 pool is moved to the device once; cropping, flipping and downsampling run there on whole batches; the loop waits
 for the device only every ``log_every`` steps (loss, non-finite check: under DDP every rank stops at the first
-non-finite step of any). Only rank 0 writes files. Relies on: checkpoint (saving, ``restore_training``), data
+non-finite step of any). Only rank 0 writes files.
+
+Nothing lost, nothing silently wrong: every checkpoint gets a log line, and before it is written the run stops
+(``stopping.py``) if a loss, a gradient or a weight is not finite, or if the loss diverged (``diverge``); Ctrl-C
+and SIGTERM end the step, save it, and raise ``TrainingInterrupted``; log.jsonl keeps one line per step across
+resumes. Relies on: train_config (``TrainConfig``), stopping, checkpoint (saving, ``restore_training``), data
 (``load_data_once``), diffusion, resize, schedule, unet (``target_of``), sample (``regression_predict``), evaluate
 (``validate``), accel; the command line is in ``cli.py``.
 """
@@ -34,7 +39,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,123 +48,21 @@ from tqdm.auto import tqdm
 
 from sr3_mini import accel
 from sr3_mini import diffusion as D
-from sr3_mini.checkpoint import KINDS, load_checkpoint, load_weights, make_state, restore_training, save_checkpoint
+from sr3_mini.checkpoint import load_checkpoint, load_weights, make_state, restore_training, save_checkpoint
 from sr3_mini.data import from_uint8, load_data_once
 from sr3_mini.evaluate import validate
 from sr3_mini.resize import downsample, upsample
 from sr3_mini.sample import regression_predict
 from sr3_mini.schedule import Schedule
+from sr3_mini.stopping import DivergedError, NonFiniteLossError, RunStop, TrainingInterrupted, WriteError
+from sr3_mini.train_config import ConfigError, TrainConfig
 from sr3_mini.unet import UNet, target_of
 
-__all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "train", "make_adam", "lr_at", "ema_decay_at",
-           "ema_update", "sample_batch", "step_loss", "validate", "dist_env"]
+__all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "DivergedError", "TrainingInterrupted", "WriteError",
+           "train", "make_adam", "lr_at", "ema_decay_at", "ema_update", "sample_batch", "step_loss", "validate",
+           "dist_env"]
 
 ARCH_FIELDS = ("preset", "unet", "kind", "scale", "schedule_T", "beta_start", "beta_end")  # fixed on resume
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run (a field out of range, an unknown preset or UNet key, a crop larger than the
-    data, a missing or different run to resume, a data folder that is not one): raised before anything is written."""
-
-
-@dataclass
-class TrainConfig:
-    """Paper defaults (section 4: Adam, lr 1e-4, 10k warm-up steps, batch 256, 1M steps); deviations noted.
-    Every field is checked when the config is made (``check``): a bad one raises a ConfigError naming it."""
-    preset: str = "mini"            # deviation: the paper's U-Nets have 150-625M parameters (Table 1)
-    unet: dict = field(default_factory=dict)  # UNetConfig overrides, e.g. {"dropout": 0.2}
-    kind: str = "sr3"               # "sr3" (diffusion) or "regression" (the paper's baseline)
-    scale: int = 4
-    data: str = ""                  # "" = bundled crops (data/), else a folder of images (data.FolderCrops)
-    crop: int = 64                  # HR crop; deviation: the paper trains at the target size (128..1024)
-    flip: bool = True               # random left-right flips
-    val_size: int = 8               # held-out photos for validation (bundled: data/eval; folder: never trained on)
-    steps: int = 1_000_000
-    batch_size: int = 16            # per process; deviation: paper 256. global = batch_size x grad_accum x ranks
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_steps: int = 10_000      # linear warm-up from 0, then constant
-    loss_p: int = 1                 # L1: the paper found it slightly better than L2 (regression always uses L2)
-    grad_clip: float = 1.0          # not stated in the paper; a standard guard (0 = off)
-    ema_decay: float = 0.9999       # SR3 samples with EMA weights but states no decay: DDPM's 0.9999
-    ema_warmup: bool = True         # deviation: decay_k = min(ema_decay, (1+k)/(10+k)), so short runs get a usable EMA
-    schedule_T: int = 2000          # training schedule: linear beta 1e-6 -> 1e-2, T = 2000 (SR3/WaveGrad)
-    beta_start: float = 1e-6
-    beta_end: float = 1e-2
-    seed: int = 0
-    out_dir: str = "runs/sr3"
-    resume: str = ""                # "" = fresh, "auto" = out_dir/last.pt if present, else a checkpoint path
-    init: str = ""                  # fresh run starting from these weights (a checkpoint's EMA, else its model)
-    save_every: int = 5000          # last.pt, replaced atomically
-    keep_every: int = 0             # also keep step_XXXXXXX.pt every N steps (0 = never)
-    val_every: int = 5000           # 0 = no validation
-    val_steps: int = 50             # deviation: validation samples with the training schedule respaced to 50 steps
-    log_every: int = 100            # also how often the host waits for the device (loss, non-finite check)
-    minutes: float = 0.0            # wall-clock budget: stop, validate and save cleanly when spent (0 = none)
-    device: str = "auto"            # "auto" = cuda if available
-    autocast: str = "none"          # "none" | "bf16" (CUDA; opt-in on CPU) | "fp16" (T4-class GPUs; loss scaling)
-    channels_last: bool = False
-    compile: bool = False           # torch.compile the network (accel.compile_net); off: not yet timed on a GPU
-    num_workers: int = 0            # processes decoding a --data folder (its crops are then cached in out_dir)
-    progress: bool = True           # tqdm bar (also off with env TQDM_DISABLE=1, and on ranks > 0)
-
-    def __post_init__(self):
-        self.check()
-
-    def check(self) -> None:
-        """Raise a ConfigError naming every field out of its range (``_RULES``). ``train`` checks again (a field
-        may change after the config was made) and itself checks what needs the network or the data."""
-        bad = [f"{k} must be {what}, got {getattr(self, k)!r}" for k, (ok, what) in _RULES.items()
-               if not ok(getattr(self, k))]
-        if not bad and self.crop % self.scale:
-            bad.append(f"crop={self.crop} must be a multiple of scale={self.scale}")
-        if not bad and self.val_steps > self.schedule_T:
-            bad.append(f"val_steps={self.val_steps} must be at most schedule_T={self.schedule_T}")
-        if bad:
-            raise ConfigError("; ".join(bad))
-
-
-def _integer(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(v) -> bool:  # NaN fails every comparison of _RULES
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _device(v) -> bool:
-    with contextlib.suppress(RuntimeError, TypeError):
-        return v == "auto" or bool(torch.device(v))
-    return False
-
-
-_RULES = {  # field: (test, what it must be), for TrainConfig.check
-    "kind": (lambda v: v in KINDS, " or ".join(map(repr, KINDS))),
-    "autocast": (lambda v: v in ("none", "bf16", "fp16"), "'none', 'bf16' or 'fp16'"),
-    "loss_p": (lambda v: v in (1, 2), "1 or 2"),
-    **{k: (lambda v: _integer(v) and v >= 1, "an integer >= 1") for k in (
-        "scale", "crop", "steps", "batch_size", "grad_accum", "schedule_T", "save_every", "log_every", "val_steps")},
-    **{k: (lambda v: _integer(v) and v >= 0, "an integer >= 0") for k in (
-        "val_size", "warmup_steps", "keep_every", "val_every", "num_workers")},
-    "seed": (_integer, "an integer"),
-    "lr": (lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0"),
-    "grad_clip": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
-    "ema_decay": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "minutes": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = no limit)"),
-    "beta_start": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
-    "beta_end": (lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
-    "unet": (lambda v: isinstance(v, dict), "a dict of UNetConfig fields"),
-    "device": (_device, "'auto' or a torch device (cpu, cuda, ...)"),
-}
-
-
-class NonFiniteLossError(ValueError):
-    """The loss or gradient norm became NaN/inf. The poisoned state is never saved: last.pt stays good."""
-
-    def __init__(self, step: int):
-        super().__init__(f"non-finite loss or gradient at step {step}; training stopped, the last good "
-                         "checkpoint was kept (try a lower --lr, or --autocast none)")
-        self.step = step
 
 
 def make_adam(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -224,8 +127,10 @@ def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int) -> torch.Tensor:
 def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor | None = None) -> dict:
     """Run Algorithm 1 as configured. ``pool`` / ``val``: uint8 training crops [N, 3, S, S] and held-out crops
     (default: from cfg.data or the bundled sets). Returns {"step", "model", "ema", "metrics", "stopped"}, with
-    stopped = "steps" or "time". Under torchrun, joins (or creates) the process group. On CUDA, cuDNN autotuning
-    and TF32 matmuls are on for the run only (``accel.cuda_tuning``)."""
+    stopped = "steps" or "time". Stops early with an error of ``stopping.py`` that says what is kept; Ctrl-C or
+    SIGTERM saves the step reached, then raises ``TrainingInterrupted`` (a KeyboardInterrupt). Under torchrun,
+    joins (or creates) the process group. On CUDA, cuDNN autotuning and TF32 matmuls are on for the run only
+    (``accel.cuda_tuning``)."""
     cfg.check()
     t_start, (rank, world, local_rank) = time.monotonic(), dist_env()
     name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -235,15 +140,24 @@ def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor 
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    stop = RunStop()
     try:
-        with accel.cuda_tuning(device):
-            return _train(cfg, pool, val, device, rank, world, t_start)
+        with accel.cuda_tuning(device), stop:
+            return _train(cfg, pool, val, device, rank, world, t_start, stop)
+    except KeyboardInterrupt as e:                             # a second signal, mid-step: nothing more is saved
+        if isinstance(e, TrainingInterrupted) or not stop.deferring:
+            raise
+        raise TrainingInterrupted(stop.step, stop.kept) from None
+    except OSError as e:                                       # a full disk, a folder made read-only
+        if isinstance(e, WriteError) or not stop.deferring:
+            raise
+        raise WriteError(e, stop.step, stop.kept) from None
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _train(cfg, pool, val, device, rank, world, t_start):
+def _train(cfg, pool, val, device, rank, world, t_start, stop):
     out, schedule = Path(cfg.out_dir), Schedule.linear(cfg.schedule_T, cfg.beta_start, cfg.beta_end)
     torch.manual_seed(cfg.seed)                                # the same initial weights on every rank
     with _config_errors(f"preset {cfg.preset!r} with unet {cfg.unet}", TypeError):  # or a key UNetConfig lacks
@@ -251,8 +165,12 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     if cfg.crop % model.multiple:
         raise ConfigError(f"crop={cfg.crop} must be a multiple of model.multiple={model.multiple}")
     if cfg.init:                                               # a checkpoint's EMA weights (else its raw ones)
-        with _config_errors(f"--init {cfg.init}"):
-            load_weights(model, load_checkpoint(cfg.init))
+        with _config_errors(f"--init {cfg.init} (its weights must fit this run's --preset and --unet)"):
+            init = load_checkpoint(cfg.init)
+            load_weights(model, init)
+        if init["kind"] != cfg.kind:                           # allowed (a start is a start), but rarely meant
+            warnings.warn(f"--init {cfg.init} is a {init['kind']!r} checkpoint and this run trains {cfg.kind!r}: "
+                          f"its weights learned another task (to continue that one, pass --kind {init['kind']})")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = make_adam(model, cfg.lr, device)
@@ -266,18 +184,27 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             step, metrics = restore_training(load_checkpoint(resume), model=model, ema=ema, optimizer=opt,
                                              generator=g, scaler=scaler, rank=rank, seed=cfg.seed,
                                              fixed={k: getattr(cfg, k) for k in ARCH_FIELDS})
+        stop.step, stop.kept = step, (resume, step)
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{out / 'last.pt'} exists: pass --resume to continue it, or choose another --out")
     if pool is None:
         with _config_errors("--data"):                         # not a folder, no usable photo
             pool, val = load_data_once(rank, world, folder=cfg.data, crop=cfg.crop, val_size=cfg.val_size,
                                        cache_dir=out / "crop_cache", workers=cfg.num_workers)
+        if cfg.data and cfg.val_every and cfg.val_size and not len(val):   # load_data trains on a lone photo
+            warnings.warn(f"--data {cfg.data} has one usable photo: it is trained on, so none is held out and "
+                          "validation is off (add photos to the folder, or pass --val-every 0)")
     if cfg.crop > min(pool.shape[-2:]):
         raise ConfigError(f"crop={cfg.crop} is larger than the training crops ({pool.shape[-2]}x{pool.shape[-1]}); "
                           "choose a smaller crop, or train on a folder of photos (--data)")
+    stop.deferring = True                                      # from the first write on, a signal ends the step
     if rank == 0:                                              # the first write of the run: every check is done
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _replace_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=1))
+        except OSError as e:
+            raise ConfigError(f"cannot write to --out-dir {out}: {e} (choose a writable folder)") from None
+        trim_log(out / "log.jsonl", step)
     pool = pool.to(device)
     if val is not None and len(val):                           # centre crops of the held-out images
         top, left = (val.shape[-2] - cfg.crop) // 2, (val.shape[-1] - cfg.crop) // 2
@@ -288,8 +215,13 @@ def _train(cfg, pool, val, device, rank, world, t_start):
     B, deadline = cfg.batch_size, t_start + 60 * cfg.minutes if cfg.minutes > 0 else float("inf")
     bad_step = torch.tensor(-1, device=device)                 # first non-finite step, tracked on the device
     loss_sum, t_log, step_log, stopped = torch.zeros((), device=device), time.monotonic(), step, "steps"
+    best = math.inf                                            # the lowest loss logged: the divergence yardstick
     bar = {} if cfg.progress and rank == 0 else {"disable": True}   # when on, tqdm still obeys TQDM_DISABLE
     pbar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, **bar)
+
+    def halt(error):
+        pbar.close()
+        raise error
 
     def check_finite():                                        # collective under DDP: every rank calls it
         first = bad_step
@@ -298,11 +230,12 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             dist.all_reduce(first, op=dist.ReduceOp.MIN)
         first = int(first.item())
         if 0 <= first <= cfg.steps:
-            pbar.close()
-            raise NonFiniteLossError(first)
+            halt(NonFiniteLossError(first, stop.kept))
 
-    def save(path):
-        check_finite()                                         # never write a poisoned state
+    def save(path):                                            # never a poisoned state: checked first
+        check_finite()                                         # the losses and gradients up to this step
+        if not _finite(model, ema):                            # an update can overflow weights its inputs did not
+            halt(NonFiniteLossError(step, stop.kept, "weights"))
         own = {"torch": torch.get_rng_state(),                 # this rank's dropout stream
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         ranks = [own]
@@ -314,6 +247,7 @@ def _train(cfg, pool, val, device, rank, world, t_start):
                 kind=cfg.kind, model=model, schedule=schedule, scale=cfg.scale, ema=ema, optimizer=opt, step=step,
                 train_config=dataclasses.asdict(cfg), metrics=metrics, scaler=scaler,
                 rng={"generator": g.get_state(), "device_type": device.type, "ranks": ranks}))
+        stop.kept = (str(path), step)
 
     model.train()
     while step < cfg.steps:
@@ -335,16 +269,19 @@ def _train(cfg, pool, val, device, rank, world, t_start):
         scaler.update()
         opt.zero_grad(set_to_none=True)
         step += 1
+        stop.step = step
         ema_update(ema, model, ema_decay_at(step, cfg))
         # every micro-batch's loss since the last log is in loss_sum: one NaN or inf keeps it non-finite
         finite = torch.isfinite(loss_sum) & (torch.isfinite(grad_norm) | scaler.is_enabled())  # fp16: scaler's
         bad_step = torch.where((bad_step < 0) & ~finite, step, bad_step)
         pbar.update(1)
-        out_of_time = time.monotonic() > deadline
-        if world > 1:                                          # all ranks must stop at the same step
-            out_of_time = step % cfg.log_every == 0 and any_rank(out_of_time, device)
-        last = step == cfg.steps or out_of_time
-        if step % cfg.log_every == 0 or last:
+        out_of_time, interrupted = time.monotonic() > deadline, stop.received is not None
+        if world > 1:                                          # all ranks stop at the same step, a logged one
+            out_of_time, interrupted = any_rank((out_of_time, interrupted), device) \
+                if step % cfg.log_every == 0 else (False, False)
+        last = step == cfg.steps or out_of_time or interrupted
+        saving, keeping = step % cfg.save_every == 0 or last, cfg.keep_every > 0 and step % cfg.keep_every == 0
+        if step % cfg.log_every == 0 or saving or keeping:    # every checkpoint has its log line, guards first
             check_finite()
             if world > 1:
                 dist.all_reduce(loss_sum)
@@ -356,19 +293,25 @@ def _train(cfg, pool, val, device, rank, world, t_start):
             t_log, step_log = now, step
             pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
             log(out, rec, rank)
-        if cfg.val_every > 0 and val is not None and len(val) and (step % cfg.val_every == 0 or last):
+            if cfg.diverge and rec["loss"] > cfg.diverge * best:    # the same on every rank: an all-reduced loss
+                halt(DivergedError(step, rec["loss"], best, cfg.diverge, stop.kept))
+            best = min(best, rec["loss"])
+        if cfg.val_every > 0 and val is not None and len(val) and (step % cfg.val_every == 0 or last) \
+                and not interrupted:                           # a signal asks to stop: no validation
             check_finite()
             if rank == 0:
                 metrics = validate(ema, cfg, val, schedule, out / f"val_{step:07d}.png")
                 log(out, {"step": step, **metrics}, rank)
-        if step % cfg.save_every == 0 or last:
+        if saving:
             save(out / "last.pt")
-        if cfg.keep_every > 0 and step % cfg.keep_every == 0:
+        if keeping:
             save(out / f"step_{step:07d}.pt")
-        if out_of_time:
-            stopped = "time"
+        if (out_of_time or interrupted) and step < cfg.steps:
+            stopped = "signal" if interrupted else "time"
             break
     pbar.close()
+    if stopped == "signal":
+        raise TrainingInterrupted(step, stop.kept)
     return {"step": step, "model": model, "ema": ema, "metrics": metrics, "stopped": stopped}
 
 
@@ -381,16 +324,22 @@ def _config_errors(what: str, *also):
         raise ConfigError(f"{what}: {e}") from None
 
 
+def _finite(*modules) -> bool:
+    """Whether every floating-point weight and buffer of ``modules`` is finite (one wait for the device)."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def dist_env():
     """(rank, world_size, local_rank) from the variables torchrun sets; (0, 1, 0) otherwise."""
     return tuple(int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
 
 
-def any_rank(flag: bool, device) -> bool:
-    """Whether ``flag`` is true on any DDP rank (a collective: every rank must call it)."""
-    t = torch.tensor(float(flag), device=device)
+def any_rank(flags, device) -> tuple:
+    """For each flag, whether it is true on any DDP rank (a collective: every rank must call it)."""
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def log(out: Path, rec: dict, rank: int) -> None:
@@ -398,3 +347,27 @@ def log(out: Path, rec: dict, rank: int) -> None:
     if rank == 0:
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the lines of a log.jsonl up to ``step``, where the run (re)starts (0: afresh): it logs the later steps
+    again, and each step must have one line. A torn line (a kill mid-write) goes too. Rewritten atomically."""
+    def step_of(line):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    lines = path.read_text().splitlines() if path.exists() else []
+    keep = [line for line in lines if (s := step_of(line)) is not None and s <= step]
+    if keep != lines:
+        _replace_text(path, "".join(line + "\n" for line in keep))
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a crash leaves the old file or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

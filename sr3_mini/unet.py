@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sr3_mini.blocks import Attention, EmbedSequential, ResBlock, gamma_embedding, group_norm
+from sr3_mini.blocks import (Attention, EmbedSequential, ResBlock, gamma_embedding, group_norm,
+                              log_snr_embedding)
 from sr3_mini.diffusion import Target
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "target_of"]
@@ -45,6 +46,9 @@ class UNetConfig:
     - ``attn_head_channels``: 64 channels per head (ADM); keeps heads FlashAttention-sized on GPUs.
     - ``emb_mult``: gamma embedding width = 4 x ``channels`` (DDPM).
     - ``gamma_scale``: gamma is embedded as ``gamma_scale * gamma`` (see ``blocks.gamma_embedding``).
+    - ``embedding``: ``"gamma"`` (SR3 conditions on gamma) embeds ``gamma_scale * gamma``; ``"log_snr"`` (a named
+      deviation, VDM's conditioning on log-SNR) embeds log(gamma / (1 - gamma)) on the same 0..1000 range, so
+      that every decade of noise gets the same share of it (``blocks.log_snr_embedding``).
     - ``dropout``: 0.2 for 16->128 (paper), 0 otherwise.
     - ``head``: how the last conv's output F becomes eps_hat. ``"eps"`` (the paper): eps_hat = F. ``"v"`` (a
       named deviation, Salimans & Ho 2022's v-parameterisation): eps_hat = sqrt(1 - gamma) y_t + sqrt(gamma) F,
@@ -76,6 +80,7 @@ class UNetConfig:
     norm_groups: int = 32
     emb_mult: int = 4
     gamma_scale: float = 1000.0
+    embedding: str = "gamma"     # "gamma" (paper) | "log_snr" (deviation, see above)
     head: str = "eps"            # "eps" (paper) | "v" (deviation, see above)
     checkpointing: bool = False  # recompute each block in backward (torch.utils.checkpoint): less memory
     target: str = "y"            # "y" (paper) | "residual" (deviation, see above)
@@ -85,6 +90,8 @@ class UNetConfig:
         # JSON round-trips (checkpoints) turn tuples into lists
         self.channel_mults = tuple(self.channel_mults)
         self.attn_resolutions = tuple(self.attn_resolutions)
+        if self.embedding not in ("gamma", "log_snr"):
+            raise ValueError(f"embedding must be 'gamma' (the paper) or 'log_snr', got {self.embedding!r}")
         if self.head not in ("eps", "v"):
             raise ValueError(f"head must be 'eps' (the paper) or 'v', got {self.head!r}")
         Target(self.target, self.residual_scale)   # raises on an unknown target or a scale <= 0
@@ -208,7 +215,10 @@ class UNet(nn.Module):
         dtype = self.conv_in.weight.dtype
         # the sinusoid is computed in at least float32 (gamma may come as float64; fp16 would blur it)
         gamma = self._gamma(gamma, y_t.shape[0], y_t.device).to(torch.promote_types(dtype, torch.float32))
-        emb = gamma_embedding(gamma, self.config.channels, self.config.gamma_scale).to(dtype)
+        if self.config.embedding == "log_snr":
+            emb = log_snr_embedding(gamma, self.config.channels).to(dtype)
+        else:
+            emb = gamma_embedding(gamma, self.config.channels, self.config.gamma_scale).to(dtype)
         # every ResBlock applies SiLU before its FiLM projection (DDPM): done once here
         emb = F.silu(self.gamma_mlp(emb))
 

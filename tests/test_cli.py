@@ -140,11 +140,13 @@ def test_demo_writes_the_comparison_and_prints_the_table(assets, tmp_path):
 
 
 def test_upscale_odd_size_greyscale_gives_exactly_scale_times(assets, tmp_path):
-    """13 x 11 is reflect-padded to 14 x 12 (56 x 48 is a multiple of 8) and cropped back; L -> RGB."""
+    """13 x 11 is reflect-padded to 14 x 12 (56 x 48 is a multiple of 8) and cropped back; L -> RGB, grey."""
     r = run(["upscale", assets / "lr_grey.png", "-o", "out.png", "--steps", "3",
              "--checkpoint", assets / "data" / "sr3_mini_x4.pt"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert size_of(tmp_path / "out.png") == ((52, 44), "RGB")
+    rgb = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    assert (rgb == rgb[..., :1]).all()                 # greyscale in, greyscale out (no colour noise)
 
 
 def test_upscale_tiled(assets, tmp_path):
@@ -385,3 +387,82 @@ def test_variance_option_reaches_the_sampler(assets, tmp_path, monkeypatch, caps
     code, _, err = call(["upscale", assets / "lr_odd.png", "-o", tmp_path / "x.png", "--variance", "fixed"],
                         tmp_path, monkeypatch, capsys, data=assets / "data")
     assert code == 2 and "variance" in err
+
+
+# ---- issue "Nothing lost, nothing silently wrong": upscale's guards and its output, checked before the work ------
+@pytest.mark.parametrize("flag", ["--max-gib", "--max-minutes"])
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_upscale_limits_are_finite_numbers_at_least_zero(assets, tmp_path, monkeypatch, capsys, flag, value):
+    """NaN compared False with every estimate and so switched the guard off; 0 (no limit) stays."""
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", "o.png", f"{flag}={value}"], tmp_path,
+                        monkeypatch, capsys, data=assets / "data")
+    assert_user_error(code, err, flag, "a finite number >= 0", "0 = no limit")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upscale_shows_a_long_runs_estimate_before_it_starts(assets, tmp_path, monkeypatch, capsys, one_thread):
+    """A run estimated beyond LONG_RUN_SECONDS says so on stderr first (also with --quiet): it may take an hour."""
+    import sr3_mini.commands as commands
+    order = []
+    monkeypatch.setattr(commands, "estimate_cost", lambda *a, **k: {"gib": 0.5, "seconds": 42 * 60, "tiles": 3})
+    monkeypatch.setattr(commands, "upscale_image", lambda model, kind, x, scale, *a, **k: order.append("run") or
+                        torch.zeros(1, 3, scale * x.shape[-2], scale * x.shape[-1]))
+    monkeypatch.setattr(commands, "_note", lambda text: order.append(text))
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", "o.png", "--quiet"], tmp_path, monkeypatch, capsys,
+                        data=assets / "data")
+    assert code == 0, err
+    assert len(order) == 2 and order[1] == "run" and "42 minutes" in order[0] and "0.5 GiB" in order[0], order
+    monkeypatch.setattr(commands, "estimate_cost", lambda *a, **k: {"gib": 0.5, "seconds": 20, "tiles": 3})
+    order.clear()
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", "p.png"], tmp_path, monkeypatch, capsys,
+                        data=assets / "data")
+    assert code == 0 and order == ["run"], (err, order)                        # a short run starts quietly
+
+
+@pytest.mark.parametrize("case", ["xbm", "h5", "parent_is_a_file", "proc"])
+def test_upscale_refuses_an_output_it_cannot_write_before_the_work(assets, tmp_path, monkeypatch, capsys, case):
+    """Pillow knows these suffixes but cannot write RGB in them, or the folder cannot take a file: it said so only
+    after the whole computation."""
+    import sr3_mini.commands as commands
+    if case == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc (a folder nobody can create files in, root included)")
+    (tmp_path / "afile").write_text("keep me\n")
+    out, phrases = {"xbm": ("o.xbm", ["o.xbm", "XBM", ".png"]), "h5": ("o.h5", ["o.h5", "HDF5", ".png"]),
+                    "parent_is_a_file": ("afile/o.png", ["afile", "cannot write"]),
+                    "proc": ("/proc/o.png", ["/proc", "cannot write"])}[case]
+
+    def never(*a, **k):
+        raise AssertionError("the work started")
+    monkeypatch.setattr(commands, "upscale_image", never)
+    monkeypatch.setattr(commands, "estimate_cost", never)
+    code, _, err = call(["upscale", assets / "lr_odd.png", "-o", out], tmp_path, monkeypatch, capsys,
+                        data=assets / "data")
+    assert_user_error(code, err, *phrases)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and (tmp_path / "afile").read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("case", ["no_alphas", "nan_weights", "flipped_bytes", "bundled_flipped"])
+def test_upscale_with_a_damaged_checkpoint_is_one_line_exit_2(assets, tmp_path, monkeypatch, capsys, one_thread,
+                                                             case):
+    """A schedule without alphas ended in a KeyError traceback, NaN weights in a FloatingPointError after the whole
+    sampling, flipped bytes loaded silently; the bundled model is checked against its SHA256SUMS."""
+    import hashlib
+    state = make_state(kind="sr3", model=tiny_unet(0), schedule=Schedule.linear(2000, 1e-6, 1e-2), scale=4)
+    if case == "no_alphas":
+        state["schedule"] = {"name": "linear"}
+    if case == "nan_weights":
+        state["model"]["conv_in.weight"][0, 0, 0, 0] = float("nan")
+    data = tmp_path / "data"
+    path = save_checkpoint(data / "sr3_mini_x4.pt", state)
+    if "flipped" in case:
+        (data / "SHA256SUMS").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  sr3_mini_x4.pt\n")
+        b = bytearray(path.read_bytes())
+        b[len(b) // 2:len(b) // 2 + 64] = bytes(v ^ 0xFF for v in b[len(b) // 2:len(b) // 2 + 64])
+        path.write_bytes(bytes(b))
+    args = ["upscale", assets / "lr_odd.png", "-o", "o.png", "--steps", "2"]
+    args += [] if case == "bundled_flipped" else ["--checkpoint", path]
+    code, _, err = call(args, tmp_path, monkeypatch, capsys, data=data)
+    phrase = {"no_alphas": "schedule", "nan_weights": "NaN", "flipped_bytes": "CRC",
+              "bundled_flipped": "SHA256SUMS"}[case]
+    assert_user_error(code, err, "sr3_mini_x4.pt", phrase)
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.png").exists()

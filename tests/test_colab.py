@@ -46,13 +46,35 @@ def _python(cell_source: str) -> str:
 def test_install_cells_are_one_and_the_same():
     cells = {name: _src(_cells(name)[0]) for name in COLAB_NOTEBOOKS}
     first = cells[COLAB_NOTEBOOKS[0]]
-    assert first.splitlines()[3].startswith("REPO = ") and first.splitlines()[4].startswith("ROOT = ")
+    assert 'REPO = ""' in first.splitlines() and 'ROOT = "/content/sr3_mini"' in first.splitlines()
+    assert ">>> SET IT HERE <<<" in first                       # the one setting, marked
     for name, src in cells.items():
         assert src == first, f"{name}: its install cell differs from {COLAB_NOTEBOOKS[0]}'s"
         assert "jupyter" not in src and " -U" not in src and "--upgrade" not in src, name
 
 
-def test_colab_path_in_a_fresh_env_with_ipywidgets_7(tmp_path):
+def _install_cell(root: Path, repo: str = "") -> str:
+    """The install cell with ROOT under ``root`` (Colab's /content) and REPO set to ``repo``."""
+    install = _src(_cells(COLAB_NOTEBOOKS[0])[0])
+    install = install.replace('REPO = ""', f"REPO = {repo!r}", 1)
+    return install.replace('ROOT = "/content/sr3_mini"', f'ROOT = "{root / "sr3_mini"}"', 1)
+
+
+@pytest.mark.parametrize("repo", ["", "https://example.invalid/nowhere.git"])
+def test_without_a_source_the_install_cell_says_what_to_do(tmp_path, monkeypatch, repo):
+    """No upload and no REPO (or one that git cannot clone): one error that names both ways out."""
+    monkeypatch.setitem(sys.modules, "google.colab", type(sys)("google.colab"))
+    monkeypatch.setenv("GIT_TERMINAL_PROMPT", "0")
+    with pytest.raises(RuntimeError) as e:
+        exec(compile(_install_cell(tmp_path, repo), "install cell", "exec"), {})
+    assert "upload an archive of the repository" in str(e.value) and "REPO" in str(e.value)
+    assert not (tmp_path / "sr3_mini").exists()
+
+
+@pytest.mark.parametrize("source", ["git", "archive"])
+def test_colab_path_in_a_fresh_env_with_ipywidgets_7(tmp_path, source):
+    """``git``: REPO set to this checkout. ``archive``: REPO left empty and the repository uploaded as a .zip
+    (what GitHub's "Download ZIP" gives: one top folder ``sr3_mini-main``)."""
     venv_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv_dir)], check=True)
     py = venv_dir / "bin" / "python"
@@ -68,9 +90,12 @@ def test_colab_path_in_a_fresh_env_with_ipywidgets_7(tmp_path):
 
     content = tmp_path / "content"
     content.mkdir()
-    install = _src(_cells(COLAB_NOTEBOOKS[0])[0])
-    install = install.replace('REPO = "', f'REPO = "file://{ROOT}"  # was "', 1)
-    install = install.replace('ROOT = "/content/sr3_mini"', f'ROOT = "{content / "sr3_mini"}"', 1)
+    if source == "git":
+        install = _install_cell(content, f"file://{ROOT}")
+    else:
+        subprocess.run(["git", "-C", str(ROOT), "archive", "--format=zip", "--prefix=sr3_mini-main/", "-o",
+                        str(content / "sr3_mini-main.zip"), "HEAD"], check=True)
+        install = _install_cell(content)
     setups = {name: _python(_src(_cells(name)[1])) for name in COLAB_NOTEBOOKS}
     fool_rate_class = next(_src(c) for c in _cells("09_fool_rate") if "class TwoAFCStudy" in _src(c))
     script = textwrap.dedent("""

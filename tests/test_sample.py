@@ -15,7 +15,7 @@ import torch
 
 from sr3_mini import diffusion as D
 from sr3_mini.resize import downsample, upsample
-from sr3_mini.sample import (SAMPLERS, Stage, Step, Trajectory, cascade, ddim_loop, ddim_step, ddpm_step,
+from sr3_mini.sample import (SAMPLERS, Stage, Step, Trajectory, cascade, ddim_loop, ddim_step, ddpm_step, dpm2m_step,
                              default_inference_schedule, refine, regression_predict, sample_loop, super_resolve)
 from sr3_mini import sample as sample_module
 from sr3_mini.evaluate import schedule_search
@@ -389,7 +389,7 @@ def test_super_resolve_warns_on_a_zero_one_image_and_fails_on_a_non_finite_sampl
 def test_samplers_are_a_table_of_step_functions_that_super_resolve_looks_up(monkeypatch):
     """sample_loop and ddim_loop are refine with the table's steps; a new sampler is one function and one entry,
     and super_resolve runs it by name with every option it already takes."""
-    assert SAMPLERS == {"ddpm": ddpm_step, "ddim": ddim_step}
+    assert SAMPLERS == {"ddpm": ddpm_step, "ddim": ddim_step, "dpm2m": dpm2m_step}
     S, x_up = default_inference_schedule(6), images(seed=3)
     for name, loop, kw in (("ddpm", sample_loop, dict(variance="posterior", clip=True)), ("ddim", ddim_loop, {})):
         a = loop(toy_f, x_up, S, generator=gen(2), progress=False, **kw)
@@ -443,6 +443,9 @@ def test_a_multistep_sampler_keeps_the_eps_it_was_handed_under_a_reusing_network
     reused = refine(GraphLike(), x_up, S, adams_bashforth, y_T=y_T, progress=False)
     assert torch.equal(reused, fresh)
     assert not torch.equal(fresh, refine(toy_f, x_up, S, "ddim", y_T=y_T, progress=False))  # the memory matters
+    # the library's own multistep solver (DPM-Solver++(2M)) too
+    assert torch.equal(refine(GraphLike(), x_up, S, "dpm2m", y_T=y_T, progress=False),
+                       refine(toy_f, x_up, S, "dpm2m", y_T=y_T, progress=False))
     y = images(B=1, H=16, W=16)                       # and through super_resolve (accel.SamplingNet's path)
     monkeypatch.setitem(SAMPLERS, "ab2", adams_bashforth)
     a = super_resolve(GraphLike(), downsample(y, 4), steps=5, sampler="ab2", generator=gen(1), progress=False)

@@ -321,8 +321,8 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path):
     assert C.load_checkpoint(out / "last.pt")["step"] == 3 and len(log(ddp_worker.ddp_config(str(out), 2))) == 3
     single = train(ddp_worker.ddp_config(str(tmp_path / "single"), batch_size=4, data=str(photos)))
     single = single["model"].state_dict()
-    for k in rank0:
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+    for k in rank0:   # atol 1e-5: SDPA's flash kernel rounds batches of 2 and 4 apart (1.5e-6 seen); lr is 1e-3
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5)
     saved = C.load_checkpoint(out / "last.pt")["model"]                   # rank 0 wrote the checkpoint
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
     torch.manual_seed(0)

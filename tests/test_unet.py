@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sr3_mini.blocks import Attention, ResBlock, gamma_embedding
+from sr3_mini.blocks import LOG_SNR_RANGE, Attention, ResBlock, gamma_embedding, log_snr_embedding, sinusoids
 from sr3_mini.unet import PRESETS, UNet, UNetConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -103,6 +103,20 @@ def test_attention_matches_explicit_softmax():
     torch.testing.assert_close(attn(x), (x + h) / math.sqrt(2))
 
 
+def test_attention_builds_no_tokens_squared_matrix_on_the_cpu():
+    """With q, k, v strided as rearranged from NCHW, SDPA fell back to its math kernel, which stores the [HW, HW]
+    scores: one 96 x 96 head of 64 channels cost 740 MB (`upscale --tile 1000` was killed at 23.8 GB). Contiguous
+    q, k, v take the flash kernel. The largest allocation of any op of the layer, from the profiler: under 10
+    copies of x (the qkv convolution's output alone is 3), where the matrix is 144 of them."""
+    attn = randomized(Attention(64, head_channels=64, groups=8)).eval()
+    x = torch.randn(1, 64, 96, 96)
+    with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
+        attn(x)
+    peak = max(e.cpu_memory_usage for e in prof.key_averages())
+    tensor = x.numel() * 4
+    assert peak < 10 * tensor, (peak, tensor)                # the matrix alone would be 96**4 * 4 B = 340 MB
+
+
 def test_blocks_gradcheck_float64():
     block = randomized(ResBlock(4, 8, 6, resample="down", groups=2)).double()
     attn = randomized(Attention(8, 4, 2)).double()
@@ -116,6 +130,32 @@ def test_gamma_embedding_is_sinusoid_of_scaled_gamma():
     e = gamma_embedding(gamma, 8, scale=1000.0)
     freqs = 10000.0 ** (-torch.arange(4, dtype=torch.float64) / 3)
     torch.testing.assert_close(e, torch.cat([torch.sin(1000 * gamma[:, None] * freqs), torch.cos(1000 * gamma[:, None] * freqs)], 1))
+
+
+def test_log_snr_embedding_spaces_every_decade_of_noise_alike():
+    """embedding="log_snr" (a named deviation): equal steps of log-SNR are equal steps of the sinusoids' input,
+    where 1000 * gamma squeezes SNR 1e3 .. 1e4 and 1e-4 .. 1e-3 into less than one unit each."""
+    snr = torch.tensor([1e-4, 1e-3, 1.0, 1e3, 1e4], dtype=torch.float64)
+    gamma = snr / (1 + snr)
+    lo, hi = LOG_SNR_RANGE
+    s = (snr.log() - lo) * 1000 / (hi - lo)
+    torch.testing.assert_close(log_snr_embedding(gamma, 8), sinusoids(s, 8))
+    decade = 1000 * math.log(10) / (hi - lo)
+    torch.testing.assert_close(s.diff()[[0, 3]], torch.full((2,), decade, dtype=torch.float64))  # 82 each
+    assert (1000 * gamma).diff()[[0, 3]].abs().max() < 1.0         # the paper's input: < 1 for either decade
+    # gamma = 1 (the regression baseline's call) stays finite
+    assert torch.isfinite(log_snr_embedding(torch.ones(2), 16)).all()
+
+
+def test_the_embedding_defaults_to_gamma_and_rejects_unknown_values():
+    assert UNetConfig().embedding == "gamma" and all("embedding" not in p for p in PRESETS.values())
+    with pytest.raises(ValueError, match="embedding must be"):
+        UNetConfig(embedding="t")
+    a, b = tiny(), tiny(embedding="log_snr")
+    b.load_state_dict(a.state_dict())                     # no extra parameter; only the layers' input changes
+    torch.nn.init.normal_(a.conv_out.weight), b.conv_out.weight.data.copy_(a.conv_out.weight)
+    y_t, x_up, gamma = inputs()
+    assert not torch.allclose(a(y_t, x_up, gamma), b(y_t, x_up, gamma))
 
 
 # ---- the U-Net ------------------------------------------------------------------------------------------------
