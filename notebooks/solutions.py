@@ -1,4 +1,4 @@
-"""Reference answers to the exercises of notebooks 02-09, and the answers to the open questions of 02, 03 and 09.
+"""Reference answers to the exercises of notebooks 01-10, and the answers to the open questions of 02, 03 and 09.
 
 Each exercise in a notebook has a blank (``return ...``) and a check cell that calls ``check(name, test, fn)``:
 it prints one line, *right*, *wrong* (with the first line of the reason) or *not attempted yet*. The check cells
@@ -43,6 +43,26 @@ def check(name: str, test, fn) -> bool:
         return False
     print(f"{name}: right")
     return True
+
+
+# ---- notebook 01: the forward process ------------------------------------------------------------------------
+def my_gammas(alphas):
+    gammas = [1.0]                                     # gamma_0 = 1: no step taken yet
+    for a in alphas.tolist():
+        gammas.append(gammas[-1] * a)                  # gamma_t = alpha_t gamma_{t-1}
+    return torch.tensor(gammas, dtype=torch.float64)
+
+
+def my_var_t(var_0, gamma_t):
+    # (2) unrolled: Var(y_t) - 1 = alpha_t (Var(y_{t-1}) - 1), so Var(y_t) = 1 + gamma_t (Var(y_0) - 1)
+    return 1 + gamma_t * (var_0 - 1)
+
+
+def my_half_way(schedule):
+    t = 0
+    while schedule.gamma(t) > 0.5:
+        t += 1
+    return t
 
 
 # ---- notebook 02: the posterior ------------------------------------------------------------------------------
@@ -116,6 +136,10 @@ def my_variance_ratio(schedule):
     return (1 - schedule.gammas[:-1]) / (1 - schedule.gammas[1:])
 
 
+def my_count_below(schedule, level=0.9):
+    return int((my_variance_ratio(schedule) < level).sum())
+
+
 def my_tweedie_y0(y_t, score, gamma_t):
     # Tweedie: E[y_0 | y_t] = (y_t + (1 - gamma_t) grad log q(y_t)) / sqrt(gamma_t)
     return (y_t + (1 - gamma_t) * score) / gamma_t**0.5
@@ -148,6 +172,11 @@ def my_trials_needed(half_width, z=1.959963984540054):
 
 # ---- the open questions --------------------------------------------------------------------------------------
 ANSWERS = {
+    "01, exercise 3": (
+        "Later. SR3's linear schedule (T = 2000, beta 1e-6 .. 1e-2) reaches gamma_t = 1/2 at t = 527, about a quarter "
+        "of the way; the cosine schedule at t = 497 of 1000, half way, by design: gamma_t = cos^2 of a quarter turn "
+        "scaled by t/T, so it spends as many steps above SNR 1 as below. A linear beta grows gamma's log "
+        "quadratically, so the noise arrives early and the last half of the steps is spent near pure noise."),
     "02, exercise 2": (
         "Why c_0 + c_t sqrt(gamma_t) = sqrt(gamma_{t-1}): take expectations given y_0 of both sides of "
         "y_{t-1} = mu(y_0, y_t) + noise. On the left, (3) gives E[y_{t-1} | y_0] = sqrt(gamma_{t-1}) y_0. On the "
