@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["downsample", "upsample"]
+__all__ = ["downsample", "upsample", "keep_grey"]
 
 
 def downsample(y: torch.Tensor, scale: int) -> torch.Tensor:
@@ -43,6 +43,13 @@ def upsample(x: torch.Tensor, scale: int) -> torch.Tensor:
     x4 = _batched(x, "x")
     x_up = F.interpolate(x4, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
     return x_up if x.ndim == 4 else x_up[0]
+
+
+def keep_grey(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``y`` [B, 3, H, W] with its channels set to their mean for each image whose input ``x`` [B, 3, h, w] has three
+    equal channels (greyscale in, greyscale out: the sampler's noise would otherwise tint it)."""
+    grey = (x[:, :1] == x[:, 1:]).flatten(1).all(1).to(y.device)     # [B]
+    return torch.where(grey[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
 
 
 def _scale(scale) -> int:

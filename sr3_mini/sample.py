@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import diffusion as D
 from .accel import AUTOCAST, SamplingNet
-from .resize import upsample
+from .resize import keep_grey, upsample
 from .schedule import Schedule, positive_int
 from .unet import WRAPPED, target_of
 from .variance import VARIANCES, require_var_y0, reverse_variance
@@ -263,7 +263,6 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     scale = _check_scale(model, scale)
     _check_image(x)
     x = x.clamp(-1, 1)                                    # the overshoot of resampling (LR_OVERSHOOT)
-    grey = (x[:, :1] == x[:, 1:]).flatten(1).all(1)      # [B]: three equal channels
     x_up = upsample(x, scale)
     H, W = x_up.shape[-2:]
     multiple = getattr(model, "multiple", 1)
@@ -290,7 +289,7 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
         raise FloatingPointError("the sample is not finite (NaN or inf): the network overflowed; try without "
                                  "autocast, or check the checkpoint")
     y = target.decode(y, x_up.to(y.dtype)).clamp(-1, 1).to(x.device)     # the residual target: y = x_up + s r
-    y = torch.where(grey[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)   # greyscale stays grey
+    y = keep_grey(x, y)                                                   # greyscale stays grey
     if traj is None:
         return y
     up = x_up.float().cpu().expand_as(traj.y_t)                           # the trajectory in image space too

@@ -20,7 +20,7 @@ from einops import rearrange
 
 from .accel import memory_format
 from .blocks import Attention
-from .resize import upsample
+from .resize import keep_grey, upsample
 from .sample import regression_predict, super_resolve
 from .schedule import Schedule
 
@@ -108,8 +108,7 @@ def upscale_image(model, kind: str, x: torch.Tensor, scale: int, steps: int = 10
         device = next(model.parameters()).device
         with torch.no_grad():
             y = regression_predict(net, upsample(x_pad, scale).to(device)).clamp(-1, 1).to(x.device)
-        grey = (x[:, :1] == x[:, 1:]).flatten(1).all(1)       # greyscale in, greyscale out, as super_resolve
-        y = torch.where(grey[:, None, None, None], y.mean(1, keepdim=True).expand_as(y), y)
+        y = keep_grey(x, y)                                   # greyscale in, greyscale out, as super_resolve
     else:
         y = super_resolve(net, x_pad, schedule=schedule, steps=steps, generator=generator, scale=scale,
                           progress=progress, var_y0=getattr(model, "var_y0", None),
