@@ -101,6 +101,7 @@ class ToyProblem:
         self.S = self.Sigma - self._SigmaAT @ torch.cholesky_solve(ASigma, self._chol_C)  # [K, d, d]
         self.S = (self.S + self.S.transpose(1, 2)) / 2
         self.lam, self.U = torch.linalg.eigh(self.S)                        # S_k = U diag(lambda) U^T
+        self._prior_lam, self._prior_U = torch.linalg.eigh(self.Sigma)      # Sigma_k: the unconditional denoiser
 
     @property
     def K(self) -> int:
@@ -163,17 +164,22 @@ class ToyProblem:
 
     # ---- the exact denoiser at noise level gamma ------------------------------------------------------------
     def _denoise(self, y_t, x, gamma):
-        """E[y_0 | y_t, x] ``[B, d]`` and the per-pixel mean of tr Cov[y_0 | y_t, x] ``[B]``."""
+        """E[y_0 | y_t, x] ``[B, d]`` and the per-pixel mean of tr Cov[y_0 | y_t, x] ``[B]``. ``x=None``: without
+        the condition, E[y_0 | y_t] under the prior (the same mixture algebra with w_k, mu_k, Sigma_k in place of
+        w'_k, m_k, S_k): the unconditional denoiser of classifier-free guidance (``guidance.py``)."""
         y_t = y_t.reshape(y_t.shape[0], self.d).to(F64)
         B = y_t.shape[0]
         g = torch.as_tensor(gamma, dtype=F64).reshape(-1, 1).expand(B, 1)
         if bool(((g < 0) | (g > 1)).any()):
             raise ValueError("gamma must lie in [0, 1]")
-        w, m_k, _ = self.posterior(x)
+        if x is None:
+            w, m_k, eig = self.weights[None], self.mu[None], (self._prior_lam, self._prior_U)
+        else:
+            (w, m_k, _), eig = self.posterior(x), (self.lam, self.U)
         w, m_k = w.expand(B, -1), m_k.expand(B, -1, -1)
         logits, means, traces = [], [], []
         for k in range(self.K):
-            lam, U = self.lam[k], self.U[k]
+            lam, U = eig[0][k], eig[1][k]
             z = (y_t - g.sqrt() * m_k[:, k]) @ U   # y_t - sqrt(gamma) m_k in S_k's eigenbasis
             den = g * lam + 1 - g                   # eigenvalues of gamma S_k + (1 - gamma) I = Cov[y_t | x, k]
             # log w'_k + log N(y_t; sqrt(gamma) m_k, gamma S_k + (1 - gamma) I), up to a constant shared by all k
@@ -189,30 +195,32 @@ class ToyProblem:
         var = (pi * (torch.stack(traces, 1) + (means - mean[:, None]).pow(2).sum(-1))).sum(1) / self.d
         return mean, var
 
-    def posterior_mean(self, y_t: torch.Tensor, x: torch.Tensor, gamma) -> torch.Tensor:
-        """E[y_0 | y_t, x] ``[B, C, H, W]``, gamma in [0, 1] (a float or ``[B]``): y_t at gamma = 1, E[y_0 | x] at 0."""
+    def posterior_mean(self, y_t: torch.Tensor, x: torch.Tensor | None, gamma) -> torch.Tensor:
+        """E[y_0 | y_t, x] ``[B, C, H, W]``, gamma in [0, 1] (a float or ``[B]``): y_t at gamma = 1, E[y_0 | x] at 0.
+        ``x=None``: E[y_0 | y_t], the condition left out."""
         return self._denoise(y_t, x, gamma)[0].reshape(-1, *self.shape)
 
     def posterior_variance(self, y_t: torch.Tensor, x: torch.Tensor, gamma) -> torch.Tensor:
         """tr Cov[y_0 | y_t, x] / d, the per-pixel mean posterior variance, ``[B]``."""
         return self._denoise(y_t, x, gamma)[1]
 
-    def eps(self, y_t: torch.Tensor, x: torch.Tensor, gamma) -> torch.Tensor:
+    def eps(self, y_t: torch.Tensor, x: torch.Tensor | None, gamma) -> torch.Tensor:
         """eps* = E[eps | y_t, x] = (y_t - sqrt(gamma) E[y_0 | y_t, x]) / sqrt(1 - gamma), ``[B, C, H, W]``, gamma < 1.
-        The minimiser of the L2 objective (6)."""
+        The minimiser of the L2 objective (6). ``x=None``: E[eps | y_t], what (6) learns when x is always dropped."""
         g = torch.as_tensor(gamma, dtype=F64).reshape(-1, 1, 1, 1)
         # (5) solved for eps, at the posterior mean of y_0
         return (y_t.to(F64) - g.sqrt() * self.posterior_mean(y_t, x, gamma)) / (1 - g).sqrt()
 
-    def exact_f_theta(self, x: torch.Tensor):
+    def exact_f_theta(self, x: torch.Tensor | None):
         """The Bayes-optimal f_theta for the inputs x ``[B, C, h, h]``: ``f(y_t, x_up, gamma[B]) -> eps*`` in
-        y_t's dtype. x_up is only checked for its batch size (x itself is bound here)."""
-        x = x.to(F64)
+        y_t's dtype. x_up is only checked for its batch size (x itself is bound here). ``x=None``: the exact
+        unconditional f_theta, E[eps | y_t] under the prior (x_up is then ignored but for its batch size)."""
+        x = None if x is None else x.to(F64)
 
         def f(y_t, x_up, gamma):
-            if x_up.shape[0] != y_t.shape[0] or x.shape[0] not in (1, y_t.shape[0]):
+            if x_up.shape[0] != y_t.shape[0] or (x is not None and x.shape[0] not in (1, y_t.shape[0])):
                 raise ValueError(f"batch mismatch: y_t {tuple(y_t.shape)}, x_up {tuple(x_up.shape)}, "
-                                 f"x {tuple(x.shape)}")
+                                 f"x {None if x is None else tuple(x.shape)}")
             return self.eps(y_t, x, gamma).to(y_t.dtype)
         return f
 
