@@ -1,9 +1,9 @@
 """Reference answers to the exercises of notebooks 01-10, and the answers to the open questions of 02, 03 and 09.
 
-Each exercise in a notebook has a blank (``return ...``) and a check cell that calls ``check(name, test, fn)``:
-it prints one line, *right*, *wrong* (with the first line of the reason) or *not attempted yet*. The check cells
-also run the functions below through the same tests, so a notebook run under ``pytest --nbval`` shows that every
-check is passable. Try the exercise before reading on.
+Each exercise in a notebook has a blank (``return ...``, or ``my_guess_... = ...`` for a prediction) and a check
+cell that calls ``check(name, test, fn)``: it prints one line, *right*, *wrong* (with the first line of the reason)
+or *not attempted yet*. The check cells also run the functions below through the same tests, so a notebook run under
+``pytest --nbval`` shows that every check is passable. Try the exercise before reading on.
 
 Colab: the install cell puts this folder on ``sys.path``, so ``import solutions`` works there too.
 """
@@ -66,20 +66,33 @@ def my_half_way(schedule):
 
 
 # ---- notebook 02: the posterior ------------------------------------------------------------------------------
-def my_posterior_precision(alpha_t, gamma_prev):
-    # 1/sigma^2 = precision of the likelihood in y_{t-1} (alpha_t / (1 - alpha_t)) + precision of the prior (3)
-    return alpha_t / (1 - alpha_t) + 1 / (1 - gamma_prev)
+# exercise 1: from t = 1000 to s = 500 on SR3's schedule,
+# sigma^2 / (1 - gamma_s) = (1 - gamma_t / gamma_s) / (1 - gamma_t) = 0.847 / 0.918 = 0.92:
+# 500 steps later, y_t says little about y_s that y_0 has not said already
+my_guess_jump = 0.92
 
 
-def my_weights(alpha_t, gamma_t, gamma_prev):
-    c_0 = gamma_prev**0.5 * (1 - alpha_t) / (1 - gamma_t)
+def my_jump_posterior(gamma_t, gamma_s):
+    # t - s steps of (1) compose like one (notebook 01's induction, started at s): q(y_t | y_s) is (1) with
+    # alpha = gamma_t / gamma_s. The prior is (3) at s. So (4) holds with alpha_t -> gamma_t / gamma_s and
+    # gamma_{t-1} -> gamma_s
+    a = gamma_t / gamma_s
+    c_0 = gamma_s**0.5 * (1 - a) / (1 - gamma_t)
+    c_t = a**0.5 * (1 - gamma_s) / (1 - gamma_t)
+    return c_0, c_t, (1 - gamma_s) * (1 - a) / (1 - gamma_t)
+
+
+def my_mean_spread(alpha_t, gamma_t, gamma_prev):
+    # mu = c_0 y_0 + c_t y_t and Var(y_t | y_0) = 1 - gamma_t (3), so Var(mu | y_0) = c_t^2 (1 - gamma_t); the law of
+    # total variance then reads sigma^2 + Var(mu | y_0) = Var(y_{t-1} | y_0) = 1 - gamma_{t-1}
     c_t = alpha_t**0.5 * (1 - gamma_prev) / (1 - gamma_t)
-    return c_0, c_t
+    return c_t**2 * (1 - gamma_t)
 
 
 def my_mu_from_eps(y_t, eps, alpha_t, gamma_t, gamma_prev):
     y0_hat = (y_t - (1 - gamma_t) ** 0.5 * eps) / gamma_t**0.5  # (8)
-    c_0, c_t = my_weights(alpha_t, gamma_t, gamma_prev)
+    c_0 = gamma_prev**0.5 * (1 - alpha_t) / (1 - gamma_t)        # (4)
+    c_t = alpha_t**0.5 * (1 - gamma_prev) / (1 - gamma_t)
     return c_0 * y0_hat + c_t * y_t
 
 
@@ -153,21 +166,36 @@ def my_ddim_step(y_t, y0_hat, gamma_t, gamma_prev, sigma=0.0, z=None):
 
 
 # ---- notebook 05: the U-Net ----------------------------------------------------------------------------------
-def my_v_weight(gamma):
-    # eps_hat - eps = sqrt(gamma) (F - v): an L_p loss on eps weights |F - v|^p by gamma^(p/2); p = 1: sqrt(gamma)
-    return gamma**0.5
+def my_embedding_distance(delta, C):
+    # |emb(g_1) - emb(g_2)|^2 = sum_k (sin a_k - sin b_k)^2 + (cos a_k - cos b_k)^2 = sum_k 2 - 2 cos(a_k - b_k),
+    # a_k - b_k = 1000 delta omega_k: only the difference delta = g_1 - g_2 counts
+    k = torch.arange(C // 2, dtype=torch.float64)
+    omega = 10000.0 ** (-k / (C // 2 - 1))
+    return float((2 - 2 * torch.cos(1000 * delta * omega)).sum().sqrt())
+
+
+# exercise 5: a convolution from C_in to C_out channels has 9 C_in C_out weights; doubling every channel count
+# multiplies them by 4, and the biases, norms and the embedding's first layer (which grow only like C) are a small part
+my_guess_double_C = 4.0
 
 
 # ---- notebook 09: the fool rate ------------------------------------------------------------------------------
-def my_wilson(k, n, z=1.959963984540054):
-    f = k / n
-    c, h = f + z**2 / (2 * n), z * math.sqrt(f * (1 - f) / n + z**2 / (4 * n**2))
-    return max(0.0, (c - h) / (1 + z**2 / n)), min(1.0, (c + h) / (1 + z**2 / n))
+def my_zero_upper(n, level=0.95):
+    # keep every f under which seeing K = 0 is not too unlikely: P(K = 0) = (1 - f)^n >= (1 - level) / 2, one tail
+    return 1 - ((1 - level) / 2) ** (1 / n)
 
 
 def my_trials_needed(half_width, z=1.959963984540054):
     # z / (2 sqrt(n + z^2)) <= h  <=>  n >= z^2 / (4 h^2) - z^2
     return max(1, math.ceil(z**2 / (4 * half_width**2) - z**2))
+
+
+def my_observer(x, left, right):
+    # without x: the photo is the one with more fine detail in absolute terms (mean |difference| of neighbouring
+    # pixels), not as a share of its own spectrum, which a smooth photo keeps small
+    def detail(y):
+        return (y[:, 1:] - y[:, :-1]).abs().mean() + (y[:, :, 1:] - y[:, :, :-1]).abs().mean()
+    return "left" if detail(left) > detail(right) else "right"
 
 
 # ---- the open questions --------------------------------------------------------------------------------------
@@ -182,7 +210,10 @@ ANSWERS = {
         "y_{t-1} = mu(y_0, y_t) + noise. On the left, (3) gives E[y_{t-1} | y_0] = sqrt(gamma_{t-1}) y_0. On the "
         "right, the posterior noise has mean 0 and E[y_t | y_0] = sqrt(gamma_t) y_0, so E[mu | y_0] = "
         "(c_0 + c_t sqrt(gamma_t)) y_0. The posterior must average back to the prior (the tower rule), for every "
-        "y_0, so the coefficients agree."),
+        "y_0, so the coefficients agree. The same for variances (the law of total variance): "
+        "Var(y_{t-1} | y_0) = E[Var(y_{t-1} | y_0, y_t)] + Var(E[y_{t-1} | y_0, y_t] | y_0), that is "
+        "1 - gamma_{t-1} = sigma^2 + c_t^2 (1 - gamma_t): what the posterior does not fix, sigma^2, plus how far its "
+        "mean moves with y_t. At SR3's t = 1000 the second term is 0.995 of the total: y_t decides y_{t-1}."),
     "03, exercise 3": (
         "With warm-up, step 1 uses lr = 1e-4 / 10^4 = 1e-8, and Adam's first step is lr * sign(g). float32 "
         "spaces numbers near 0.05 by 2^-28 = 3.7e-9, so a weight of 0.05 does move, but by a whole number of those "
@@ -226,14 +257,21 @@ def my_lr(step, lr, warmup_steps):
     return lr * min(1.0, step / warmup_steps) if warmup_steps > 0 else lr
 
 
-def my_ema(ema_params, params, decay):
-    return [decay * e + (1 - decay) * p for e, p in zip(ema_params, params)]
+def my_ema_lag(decay):
+    # theta_EMA = sum_j (1 - d) d^j theta_{k-j} (the weights sum to 1 after many updates);
+    # with theta_{k-j} = theta_k - j v the lag is sum_j j (1 - d) d^j = d / (1 - d) updates: 9,999 for DDPM's d = 0.9999
+    return decay / (1 - decay)
 
 
-def my_sr3_loss(net, y_0, x_up, gamma, eps, p):
-    g = gamma.view(-1, 1, 1, 1)
-    y_t = g.sqrt().float() * y_0 + (1 - g).sqrt().float() * eps            # (5)
-    return (net(y_t, x_up, gamma.float()) - eps).abs().pow(p).mean()         # (6)
+# exercise 3: the initial weights keep a share d^N of the EMA: 0.9999^19365 = exp(-1.94) = 0.144, since 19,365 updates
+# are about two windows 1 / (1 - d) = 10^4. One seventh of the sampling weights would still be random.
+my_guess_no_ramp = 0.14
+
+
+def my_knows_nothing_loss(gamma, s2):
+    # sqrt(1 - gamma) y_t - eps = sqrt(gamma (1 - gamma)) y_0 - gamma eps by (5): Gaussian, variance
+    # gamma (1 - gamma) s2 + gamma^2, and E|Z| = sqrt(2 / pi) sd(Z)
+    return math.sqrt(2 / math.pi) * math.sqrt(gamma * (1 - gamma) * s2 + gamma**2)
 
 
 # ---- notebook 07: sampling and evaluation ----------------------------------------------------------------------
