@@ -29,8 +29,12 @@ $(VENV)/.installed: $(VENV)/.installed-package
 demo: setup-package
 	$(VENV)/bin/sr3-mini demo
 
+# Every notebook kernel, and most tests, run on one thread (the same numbers on every machine), so one pytest
+# process leaves a second core idle: WORKERS processes (pytest-xdist) each take whole files, a notebook's cells
+# stay together and in order. WORKERS=0 runs everything in this process.
+WORKERS ?= 2
 test: setup
-	TQDM_DISABLE=1 $(VENV)/bin/pytest --nbval -q
+	TQDM_DISABLE=1 $(VENV)/bin/pytest --nbval -q $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 
 # Re-execute every notebook in place: the one command that produces the committed outputs nbval compares.
 notebooks: setup
