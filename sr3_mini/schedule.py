@@ -147,6 +147,14 @@ class Schedule:
         lo, hi = self.gammas[1:], self.gammas[:-1]
         return ((g.unsqueeze(-1) - lo) / (hi - lo)).clamp(0, 1).mean(-1)
 
+    def gamma_density(self, g) -> torch.Tensor:
+        """p(gamma) at g: (1/T) sum_t 1[gamma_t <= g < gamma_{t-1}] / (gamma_{t-1} - gamma_t), the derivative of
+        ``gamma_cdf`` (float64, on the CPU, shaped like g)."""
+        g = torch.as_tensor(g, dtype=torch.float64).cpu()
+        lo, hi = self.gammas[1:], self.gammas[:-1]
+        inside = (g.unsqueeze(-1) >= lo) & (g.unsqueeze(-1) < hi)
+        return (inside / (hi - lo)).sum(-1) / self.T
+
     # ---- persistence --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"name": self.name, "alphas": self.alphas.tolist()}

@@ -59,8 +59,8 @@ from sr3_mini.train_config import ConfigError, TrainConfig
 from sr3_mini.unet import UNet, target_of
 
 __all__ = ["TrainConfig", "ConfigError", "NonFiniteLossError", "DivergedError", "TrainingInterrupted", "WriteError",
-           "train", "make_adam", "lr_at", "ema_decay_at", "ema_update", "sample_batch", "step_loss", "validate",
-           "dist_env"]
+           "train", "make_adam", "lr_at", "ema_decay_at", "ema_update", "sample_batch", "step_loss", "loss_weights",
+           "validate", "dist_env"]
 
 ARCH_FIELDS = ("preset", "unet", "kind", "scale", "schedule_T", "beta_start", "beta_end")  # fixed on resume
 
@@ -112,16 +112,40 @@ def sample_batch(pool: torch.Tensor, n: int, cfg: TrainConfig, schedule: Schedul
     return y_0, gamma, eps
 
 
-def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int) -> torch.Tensor:
+def step_loss(net, kind: str, y_0, x_up, gamma, eps, p: int, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one (micro-)batch. sr3: (6) on y~ of (5), in the network's variable (``target_of(net)``, read
-    through DDP and torch.compile: the residual deviation diffuses (y - x_up) / scale). regression: MSE of its
-    prediction of y_0."""
+    through DDP and torch.compile: the residual deviation diffuses (y - x_up) / scale); ``weight`` [B] (or None,
+    the paper) multiplies each sample's term. regression: MSE of its prediction of y_0."""
     if kind == "regression":
         return D.loss(regression_predict(net, x_up).float(), y_0, p=2)
     y_0 = target_of(net).encode(y_0, x_up)                     # the paper: y_0 itself
     y_t = D.q_sample(y_0, gamma, eps)                          # (5): y~ = sqrt(gamma) y_0 + sqrt(1 - gamma) eps
     eps_hat = net(y_t, x_up, gamma.to(y_0.dtype))              # f_theta(x, y~, gamma); x enters as x_up
-    return D.loss(eps_hat.float(), eps, p)                     # (6): || f_theta - eps ||_p^p
+    if weight is None:
+        return D.loss(eps_hat.float(), eps, p)                 # (6): || f_theta - eps ||_p^p
+    root = weight.to(eps.dtype).pow(1 / p).view(-1, *[1] * (eps.ndim - 1))   # w |e|^p = |w^(1/p) e|^p
+    return D.loss(root * eps_hat.float(), root * eps, p)
+
+
+BOUND_WEIGHT_CAP = 20.0
+
+
+def loss_weights(schedule, gamma: torch.Tensor, weighting: str) -> torch.Tensor | None:
+    """Per-sample weights of (6) for ``TrainConfig.loss_weighting``: None for "none" (the paper); for "bound",
+    min(k / p(lambda), 20) with p(lambda) = p(gamma) gamma (1 - gamma) the density of the log-SNR
+    lambda = log(gamma / (1 - gamma)) that ``sample_gamma`` draws, and k = 1 / (lambda_1 - lambda_T), so that
+    uncapped weights average 1 and make every log-SNR count alike on the eps error (the bound's weighting,
+    notebook 03 section 5.1). The cap bounds the gradient noise of the rare draws near gamma = 1."""
+    if weighting == "none":
+        return None
+    if weighting != "bound":
+        raise ValueError(f"loss_weighting must be none or bound, got {weighting!r}")
+    g = gamma.detach().double().cpu()
+    p_lambda = schedule.gamma_density(g) * g * (1 - g)
+    ends = schedule.gammas[[1, -1]].double()                   # gamma_1, gamma_T
+    k = 1 / float(torch.logit(ends[0]) - torch.logit(ends[1]))
+    w = (k / p_lambda.clamp_min(1e-300)).clamp(max=BOUND_WEIGHT_CAP)
+    return w.to(gamma.device, torch.float32)
 
 
 def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor | None = None) -> dict:
@@ -260,7 +284,8 @@ def _train(cfg, pool, val, device, rank, world, t_start, stop):
                 y_0, x_up, eps = (t.contiguous(memory_format=torch.channels_last) for t in (y_0, x_up, eps))
             with ddp.no_sync() if world > 1 and micro < cfg.grad_accum - 1 else contextlib.nullcontext():
                 with amp:
-                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p) / cfg.grad_accum
+                    loss = step_loss(net, cfg.kind, y_0, x_up, gamma, eps, cfg.loss_p,
+                                     loss_weights(schedule, gamma, cfg.loss_weighting)) / cfg.grad_accum
                 scaler.scale(loss).backward()
             loss_sum += loss.detach()
         scaler.unscale_(opt)                                   # true gradients for the clip and its norm

@@ -53,6 +53,10 @@ class TrainConfig:
     loss_p: int = _setting(1, "p of the loss ||f - eps||_p^p (6), which leaves p open: 1 (L1, the bundled model's "
                            "recipe; a median, which shrinks y0_hat) or 2 (L2, the posterior mean; measured to give "
                            "more diverse samples: data/MODEL_CARD.md). Regression always uses L2")
+    loss_weighting: str = _setting("none", "deviation when not none: how (6) weighs each draw of gamma. none (the "
+                                   "paper: every draw alike, so the levels count as p(gamma) draws them) or bound "
+                                   "(each draw times 1/p(log-SNR), capped at 20: every log-SNR counts alike on the "
+                                   "eps error, as in the variational bound; notebook 03 section 5.1)")
     grad_clip: float = _setting(1.0, "clip the gradient norm to this (0 = off); not stated in the paper")
     ema_decay: float = _setting(0.9999, "decay of the EMA of the weights that sampling uses (DDPM's; SR3 states "
                                 "none)")
@@ -117,6 +121,7 @@ _RULES = {  # field: (test, what it must be), for TrainConfig.check
     "kind": (lambda v: v in KINDS, " or ".join(map(repr, KINDS))),
     "autocast": (lambda v: v in ("none", "bf16", "fp16"), "'none', 'bf16' or 'fp16'"),
     "loss_p": (lambda v: v in (1, 2), "1 or 2"),
+    "loss_weighting": (lambda v: v in ("none", "bound"), "none or bound"),
     **{k: (lambda v: _integer(v) and v >= 1, "an integer >= 1") for k in (
         "scale", "crop", "steps", "batch_size", "grad_accum", "schedule_T", "save_every", "log_every", "val_steps")},
     **{k: (lambda v: _integer(v) and v >= 0, "an integer >= 0") for k in (
