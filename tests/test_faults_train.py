@@ -93,6 +93,17 @@ def signal_at(monkeypatch, call: int, times: int = 1) -> None:
     monkeypatch.setattr(diffusion, "loss", pressed)
 
 
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """These tests need SIGINT as a terminal or a notebook kernel delivers it (Python's default handler), also when
+    pytest itself was started with SIGINT ignored (``cmd &`` in a script does that, and children inherit it; the
+    library then leaves it ignored, on purpose)."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 # ---- 1. SIGINT and SIGTERM: save the step reached, say so, exit 130 ----------------------------------------------
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_saves_the_step_reached_and_exits_130(tmp_path, monkeypatch, capsys, sig):

@@ -132,4 +132,6 @@ def test_make_demo_installs_the_package_alone_and_torch_unpinned_from_the_defaul
     assert _make(tmp_path, "demo", f"TORCH_INDEX={cpu}", has_torch=False)[1] == \
         f"python -m pip install -q torch>=2.1 --index-url {cpu}"
     assert _make(tmp_path, "test", has_torch=True) == [
-        probe, "python -m pip install -q -e .", "python -m pip install -q -e .[notebooks,test]", "pytest --nbval -q"]
+        probe, "python -m pip install -q -e .", "python -m pip install -q -e .[notebooks,test]",
+        "pytest --nbval -q -n 2 --dist loadfile"]                  # two processes: notebooks run on one thread
+    assert _make(tmp_path, "test", "WORKERS=0", has_torch=True)[-1] == "pytest --nbval -q"
