@@ -10,11 +10,11 @@ deep levels, the middle and the attention start trained; the two finest levels, 
 of the gamma MLP start fresh. The output is a checkpoint for ``sr3-mini train --init``.
 """
 import argparse
-import ast
 
 import torch
 
 from sr3_mini.checkpoint import load_checkpoint, make_state, save_checkpoint, unet_config_from_dict
+from sr3_mini.cli import CLIError, unet_overrides
 from sr3_mini.schedule import Schedule
 from sr3_mini.unet import UNet
 
@@ -28,14 +28,12 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh weights")
     a = p.parse_args(argv)
 
+    try:
+        overrides = unet_overrides(a.unet)
+    except CLIError as e:
+        p.error(str(e))
     src = load_checkpoint(a.src)
-    cfg = dict(src["unet_config"])
-    for item in a.unet:
-        key, _, value = item.partition("=")
-        try:
-            cfg[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            cfg[key] = value
+    cfg = {**src["unet_config"], **overrides}
     torch.manual_seed(a.seed)
     model = UNet(unet_config_from_dict(cfg))
     old = src["ema"] if src.get("ema") is not None else src["model"]

@@ -32,7 +32,7 @@ from .checkpoint import KINDS
 from .commands import (DEFAULT_STEPS, DEFAULT_TILE, DEMO_STEPS, MAX_GIB, MAX_MINUTES, CLIError, cmd_demo,
                        cmd_evaluate, cmd_train, cmd_upscale)
 
-__all__ = ["main", "build_parser", "train_parser", "config_from_args", "CLIError"]
+__all__ = ["main", "build_parser", "train_parser", "config_from_args", "unet_overrides", "CLIError"]
 
 
 # ---- argparse types: bad values are usage errors (exit 2) before anything runs ----
@@ -151,19 +151,26 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def config_from_args(argv=None):
-    """The TrainConfig of ``sr3-mini train`` options; --unet values are Python literals where they parse.
-    A field out of range (``train.ConfigError``) is a CLIError naming its option: one line on stderr, exit 2."""
-    from .train_config import ConfigError, TrainConfig
-    args = vars(train_parser().parse_args(argv))
+def unet_overrides(items) -> dict:
+    """``--unet KEY=VALUE ...`` as a dict of UNetConfig fields; values are Python literals where they parse, else
+    strings. A missing "=" is a CLIError."""
     unet = {}
-    for item in args.pop("unet"):
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise CLIError(f"--unet expects KEY=VALUE, got {item!r}")
         with contextlib.suppress(ValueError, SyntaxError):
             value = ast.literal_eval(value)
         unet[key] = value
+    return unet
+
+
+def config_from_args(argv=None):
+    """The TrainConfig of ``sr3-mini train`` options; --unet values are Python literals where they parse.
+    A field out of range (``train.ConfigError``) is a CLIError naming its option: one line on stderr, exit 2."""
+    from .train_config import ConfigError, TrainConfig
+    args = vars(train_parser().parse_args(argv))
+    unet = unet_overrides(args.pop("unet"))
     try:
         return TrainConfig(**args, unet=unet)
     except ConfigError as e:                      # checked when the config is made, before anything runs
