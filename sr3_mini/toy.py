@@ -173,13 +173,13 @@ class ToyProblem:
         if bool(((g < 0) | (g > 1)).any()):
             raise ValueError("gamma must lie in [0, 1]")
         if x is None:
-            w, m_k, eig = self.weights[None], self.mu[None], (self._prior_lam, self._prior_U)
+            w, m_k, lams, Us = self.weights[None], self.mu[None], self._prior_lam, self._prior_U
         else:
-            (w, m_k, _), eig = self.posterior(x), (self.lam, self.U)
+            (w, m_k, _), lams, Us = self.posterior(x), self.lam, self.U
         w, m_k = w.expand(B, -1), m_k.expand(B, -1, -1)
         logits, means, traces = [], [], []
         for k in range(self.K):
-            lam, U = eig[0][k], eig[1][k]
+            lam, U = lams[k], Us[k]
             z = (y_t - g.sqrt() * m_k[:, k]) @ U   # y_t - sqrt(gamma) m_k in S_k's eigenbasis
             den = g * lam + 1 - g                   # eigenvalues of gamma S_k + (1 - gamma) I = Cov[y_t | x, k]
             # log w'_k + log N(y_t; sqrt(gamma) m_k, gamma S_k + (1 - gamma) I), up to a constant shared by all k
