@@ -11,8 +11,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 # relative to data/; SHA256SUMS: load_pretrained checks the models against it
-BUNDLED = ["sr3_mini_x4.pt", "sr3_mini_x4.pt.variance.json", "regression_x4.pt", "MODEL_CARD.md", "SHA256SUMS",
-           "eval/*.png"]
+BUNDLED = ["sr3_mini_x4.pt", "sr3_mini_x4.pt.variance.json", "regression_x4.pt", "sr3_stage2_x4.pt", "MODEL_CARD.md",
+           "SHA256SUMS", "eval/*.png"]
 
 
 class build_py_with_data(build_py):

@@ -54,7 +54,8 @@ def parse_sampler(text: str) -> Sampler:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sets", nargs="+", choices=("eval", "other"), default=["eval", "other"])
+    p.add_argument("--sets", nargs="+", default=["eval", "other"],
+                   help="'eval' (data/eval), 'other' (data/eval_other) or folders of images of one size")
     p.add_argument("--samplers", nargs="+", type=parse_sampler, default=[Sampler()],
                    help="loop:variance:steps (default ddpm:posterior:100, the library's default)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -62,6 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="at most this many images per set")
     p.add_argument("--checkpoint", default=str(data.data_dir() / "sr3_mini_x4.pt"))
     p.add_argument("--regression-checkpoint", default=str(data.data_dir() / "regression_x4.pt"))
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="SR3's EMA weights (what sampling uses) or the raw weights of the last update")
     p.add_argument("--no-regression", action="store_true", help="skip the regression baseline and bicubic")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--csv", default=str(ROOT / "data" / "quality.csv"), help="rows are appended")
@@ -69,7 +72,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sr3, _ = load_model(args.checkpoint, use_ema=True)
+    sr3, info = load_model(args.checkpoint, use_ema=args.weights == "ema")
+    if info["weights"] != ("ema" if args.weights == "ema" else "model"):
+        raise SystemExit(f"{args.checkpoint} has no {args.weights} weights")
     sr3.var_y0 = load_table(args.checkpoint)
     regression = None if args.no_regression else load_model(args.regression_checkpoint, use_ema=True)[0]
     hashes = {"sr3_sha256": sha256(args.checkpoint),

@@ -16,7 +16,7 @@ from .schedule import Schedule
 __version__ = "0.1.0"
 __all__ = ["Schedule", "diffusion", "schedule", "resize", "load_pretrained", "__version__"]
 
-_BUNDLED = {"sr3": "sr3_mini_x4.pt", "regression": "regression_x4.pt"}
+_BUNDLED = {"sr3": "sr3_mini_x4.pt", "regression": "regression_x4.pt", "sr3_stage2": "sr3_stage2_x4.pt"}
 
 
 def load_pretrained(kind: str = "sr3", device="cpu"):
@@ -25,7 +25,9 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
     Returns ``(model, schedule, info)``: the U-Net in eval mode with its EMA weights, the training schedule
     (sampling may use any other: the network is conditioned on gamma), and the checkpoint's metadata.
     ``model.var_y0`` holds the network's v(gamma) for ``super_resolve(variance="analytic")`` when the checkpoint
-    has one beside it (``variance.py``). ``kind="regression"`` gives the regression baseline of the paper's comparisons instead. The files are
+    has one beside it (``variance.py``). ``kind="regression"`` gives the regression baseline of the paper's comparisons
+    instead; ``kind="sr3_stage2"`` a x4 SR3 model trained with noise on its input (conditioning augmentation,
+    ``cond_aug.py``) for a cascade's second stage (notebook 08; sample it with ``cond_noise=``). The files are
     looked up by ``data.data_dir()``: $SR3_MINI_DATA, the copy inside an installed wheel, or data/ in a clone.
     A file listed in the SHA256SUMS beside it must match its checksum, else a ValueError says to reinstall.
     """

@@ -21,7 +21,7 @@ sample, in the network's variable: ``unet.target_of``), the regression baseline'
 f_theta is any callable ``f(y_t, x_up, gamma) -> eps``, y_t and x_up ``[B, 3, H, W]`` (the U-Net concatenates
 them along channels), gamma ``[B]``. It sees gamma, not t, so any ``Schedule`` works for inference. Every random
 number comes from ``generator`` (drawn on its device, then moved): a seed reproduces a sample exactly.
-Relies on: diffusion, schedule, resize, unet (``target_of``), accel, variance.
+Relies on: diffusion, schedule, resize, unet (``target_of``), accel, variance, cond_aug.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from . import diffusion as D
+from . import cond_aug, diffusion as D
 from .accel import AUTOCAST, SamplingNet
 from .resize import keep_grey, upsample
 from .schedule import Schedule, positive_int
@@ -67,11 +67,13 @@ class Trajectory:
 
 @dataclass
 class Stage:
-    """One x``scale`` stage of a cascade: its network, inference schedule (None: the default) and steps."""
+    """One x``scale`` stage of a cascade: network, inference schedule (None: default), steps, corruption of x."""
     model: object
     schedule: Schedule | None = None
     steps: int = 100
     scale: int = 4
+    cond_noise: float = 0.0
+    cond_blur: float = 0.0
 
 
 def default_inference_schedule(steps: int = 100) -> Schedule:
@@ -229,7 +231,7 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
                   generator: torch.Generator | None = None, variance: str = "posterior", clip=True,
                   sampler: str = "ddpm", return_trajectory: bool = False, progress: bool = True,
                   autocast: str | None = None, scale: int | None = None, compile=False, var_y0=None,
-                  **trajectory_kw):
+                  cond_noise: float = 0.0, cond_blur: float = 0.0, **trajectory_kw):
     """Super-resolve a raw LR batch ``x`` ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, scale*h, scale*w]`` in [-1, 1].
 
     ``x``: float32 or float64; values up to LR_OVERSHOOT beyond [-1, 1] are clamped. ``scale``: the model's own
@@ -253,8 +255,9 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     paper's (10); clamping keeps a small, briefly trained model in range, which is why most SR3 implementations
     do it. The output (and the trajectory's last snapshot) is clamped to [-1, 1]. The model runs in eval mode
     (restored after) on its own device, in its memory format, compiled if ``compile`` (True, or "auto": on CUDA
-    only; then as CUDA graphs), see ``accel.SamplingNet``; the result comes back on x's. ``trajectory_kw``:
-    ``trajectory_steps``, ``every``, ``y_T``, passed to ``refine``."""
+    only; then as CUDA graphs), see ``accel.SamplingNet``; the result comes back on x's. ``cond_noise``,
+    ``cond_blur``: x blurred, plus s eps (drawn first), conditions the network (``cond_aug.corrupt``; a deviation).
+    ``trajectory_kw``: ``trajectory_steps``, ``every``, ``y_T``, passed to ``refine``."""
     steps = positive_int(steps, "steps")
     _choice(sampler, "sampler", SAMPLERS)
     _choice(variance, "variance", VARIANCES)
@@ -263,7 +266,7 @@ def super_resolve(model, x: torch.Tensor, schedule: Schedule | None = None, step
     scale = _check_scale(model, scale)
     _check_image(x)
     x = x.clamp(-1, 1)                                    # the overshoot of resampling (LR_OVERSHOOT)
-    x_up = upsample(x, scale)
+    x_up = upsample(cond_aug.corrupt(x, cond_noise, generator, cond_blur), scale)    # both 0: x itself
     H, W = x_up.shape[-2:]
     multiple = getattr(model, "multiple", 1)
     if H % multiple or W % multiple:
@@ -348,8 +351,7 @@ def _check_image(x) -> None:
                       "(map with 2 v - 1)", stacklevel=3)
 
 
-def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, return_all: bool = False,
-            **kwargs):
+def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, return_all: bool = False, **kwargs):
     """Chain ``Stage``s (the paper's 64 -> 256 -> 1024 cascade, section 4): each output is the next LR input.
     ``kwargs`` go to every ``super_resolve`` (variance, clip, sampler, progress, autocast); one generator feeds
     all stages. Returns the final image, or every stage's output with ``return_all``."""
@@ -359,9 +361,9 @@ def cascade(stages, x: torch.Tensor, generator: torch.Generator | None = None, r
     if "return_trajectory" in kwargs:
         raise ValueError("cascade does not return trajectories; call super_resolve per stage for those")
     outputs = []
-    for stage in stages:
-        x = super_resolve(stage.model, x, schedule=stage.schedule, steps=stage.steps, generator=generator,
-                          scale=stage.scale, **kwargs)
+    for s in stages:
+        x = super_resolve(s.model, x, schedule=s.schedule, steps=s.steps, generator=generator, scale=s.scale,
+                          cond_noise=s.cond_noise, cond_blur=s.cond_blur, **kwargs)
         outputs.append(x)
     return outputs if return_all else x
 

@@ -13,11 +13,11 @@ checkpoints (checkpoint.py), a JSON-lines log, periodic validation (PSNR, consis
 ``kind="regression"`` trains the paper's regression baseline: the same U-Net fed y_t = 0 and a constant gamma
 (sample.regression_predict), MSE between its output and y_0.
 
-Randomness: every draw of a step (crops, crop offsets, flips, gamma, eps) comes from ONE torch.Generator on the
-training device, seeded with ``cfg.seed`` and saved in each checkpoint, so resuming at step k and running to
-k + n gives the same weights, bit for bit, as an uninterrupted run (on CPU; on CUDA, cuDNN's autotuned kernels
-need not be deterministic), float16 loss scaling included. Under DDP every rank holds the same generator, draws
-the *global* batch (batch_size x world_size) and keeps its own slice: the run is by construction the
+Randomness: every draw of a step (crops, offsets, flips, gamma, eps, then any LR noise and blur) comes from
+ONE torch.Generator on the training device, seeded with ``cfg.seed`` and saved in each checkpoint, so resuming at
+step k and running to k + n gives the same weights, bit for bit, as an uninterrupted run (on CPU; on CUDA, cuDNN's
+autotuned kernels need not be deterministic), float16 loss scaling included. Under DDP every rank holds the same
+generator, draws the *global* batch (batch_size x world_size) and keeps its own slice: the run is by construction the
 single-process run with the global batch (equal up to the rounding of the gradient all-reduce). The uint8 crop
 pool is moved to the device once; cropping, flipping and downsampling run there on whole batches; the loop waits
 for the device only every ``log_every`` steps (loss, non-finite check: under DDP every rank stops at the first
@@ -28,7 +28,7 @@ Nothing lost, nothing silently wrong: every checkpoint gets a log line, and befo
 and SIGTERM end the step, save it, and raise ``TrainingInterrupted``; log.jsonl keeps one line per step across
 resumes. Relies on: train_config (``TrainConfig``), stopping, checkpoint (saving, ``restore_training``), data
 (``load_data_once``), diffusion, resize, schedule, unet (``target_of``), sample (``regression_predict``), evaluate
-(``validate``), accel; the command line is in ``cli.py``.
+(``validate``), accel, cond_aug; the command line is in ``cli.py``.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from sr3_mini import accel
+from sr3_mini import accel, cond_aug
 from sr3_mini import diffusion as D
 from sr3_mini.checkpoint import load_checkpoint, load_weights, make_state, restore_training, save_checkpoint
 from sr3_mini.data import from_uint8, load_data_once
@@ -279,7 +279,8 @@ def _train(cfg, pool, val, device, rank, world, t_start, stop):
             group["lr"] = lr_at(step + 1, cfg)
         for micro in range(cfg.grad_accum):
             y_0, gamma, eps = (t[rank * B:(rank + 1) * B] for t in sample_batch(pool, B * world, cfg, schedule, g))
-            x_up = upsample(downsample(y_0, cfg.scale), cfg.scale)  # x = downsample(y_0); the network sees x_up
+            x = cond_aug.augment(downsample(y_0, cfg.scale), cfg.cond_noise, cfg.cond_blur, g, rank, world)
+            x_up = upsample(x, cfg.scale)                     # x = downsample(y_0) (corrupted); the network sees x_up
             if cfg.channels_last:
                 y_0, x_up, eps = (t.contiguous(memory_format=torch.channels_last) for t in (y_0, x_up, eps))
             with ddp.no_sync() if world > 1 and micro < cfg.grad_accum - 1 else contextlib.nullcontext():

@@ -57,6 +57,12 @@ class TrainConfig:
                                    "paper: every draw alike, so the levels count as p(gamma) draws them) or bound "
                                    "(each draw times 1/p(log-SNR), capped at 20: every log-SNR counts alike on the "
                                    "eps error, as in the variational bound; notebook 03 section 5.1)")
+    cond_noise: float = _setting(0.0, "deviation when > 0 (conditioning augmentation, Ho et al. 2021; for a "
+                                 "cascade's later stage, notebook 08): the LR input x gets s eps, s ~ U(0, cond_noise) "
+                                 "per crop, in x's [-1, 1] units (cond_aug.py); sample with cond_noise= too")
+    cond_blur: float = _setting(0.0, "deviation when > 0 (conditioning augmentation): the LR input x is blurred by a "
+                                "Gaussian of std b ~ U(0, cond_blur) pixels of x per crop (cond_aug.py); sample "
+                                "with cond_blur= too")
     grad_clip: float = _setting(1.0, "clip the gradient norm to this (0 = off); not stated in the paper")
     ema_decay: float = _setting(0.9999, "decay of the EMA of the weights that sampling uses (DDPM's; SR3 states "
                                 "none)")
@@ -129,6 +135,8 @@ _RULES = {  # field: (test, what it must be), for TrainConfig.check
     "seed": (_integer, "an integer"),
     "lr": (lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0"),
     "grad_clip": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
+    **{k: (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)") for k in (
+        "cond_noise", "cond_blur")},
     "ema_decay": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "diverge": (lambda v: _number(v) and (v == 0 or 1 < v < math.inf), "0 (off) or a finite number > 1"),
     "minutes": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = no limit)"),

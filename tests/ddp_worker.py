@@ -27,7 +27,7 @@ def make_pool() -> torch.Tensor:
 def ddp_config(out_dir: str, batch_size: int, data: str = "", **kw) -> TrainConfig:
     base = dict(preset="tiny", crop=16, batch_size=batch_size, grad_accum=2, steps=3, lr=1e-3, warmup_steps=2,
                 val_every=0, log_every=1, save_every=3, progress=False, out_dir=out_dir, device="cpu", data=data,
-                val_size=1)
+                val_size=1, cond_noise=0.1)   # conditioning augmentation: its noise is drawn for the global batch too
     return TrainConfig(**{**base, **kw})
 
 

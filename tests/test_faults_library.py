@@ -132,11 +132,12 @@ def test_a_mangled_pickle_with_valid_checksums_is_a_value_error_too(good, tmp_pa
 # ---- the bundled models against data/SHA256SUMS -----------------------------------------------------------------
 def test_sha256sums_lists_the_bundled_models():
     sums = dict(reversed(line.split()) for line in (DATA / "SHA256SUMS").read_text().splitlines())
-    for name in ("sr3_mini_x4.pt", "regression_x4.pt"):
+    for name in ("sr3_mini_x4.pt", "regression_x4.pt", "sr3_stage2_x4.pt"):
         assert sums[name] == hashlib.sha256((DATA / name).read_bytes()).hexdigest(), name
 
 
-@pytest.mark.parametrize("kind, name", [("sr3", "sr3_mini_x4.pt"), ("regression", "regression_x4.pt")])
+@pytest.mark.parametrize("kind, name", [("sr3", "sr3_mini_x4.pt"), ("regression", "regression_x4.pt"),
+                                        ("sr3_stage2", "sr3_stage2_x4.pt")])
 def test_a_bundled_model_with_flipped_bytes_is_refused(tmp_path, monkeypatch, kind, name):
     """64 flipped bytes in the weights loaded silently (the regression model) or blamed the variance table (SR3)."""
     for f in ("SHA256SUMS", name, name + ".variance.json"):
@@ -144,7 +145,7 @@ def test_a_bundled_model_with_flipped_bytes_is_refused(tmp_path, monkeypatch, ki
             shutil.copy(DATA / f, tmp_path / f)
     monkeypatch.setenv("SR3_MINI_DATA", str(tmp_path))
     model, _, info = sr3_mini.load_pretrained(kind)             # the intact copy loads
-    assert info["kind"] == kind and model.scale == info["scale"] == 4
+    assert info["kind"] == {"sr3_stage2": "sr3"}.get(kind, kind) and model.scale == info["scale"] == 4
     b = bytearray((tmp_path / name).read_bytes())
     b[3_000_000:3_000_064] = bytes(x ^ 0xFF for x in b[3_000_000:3_000_064])
     (tmp_path / name).write_bytes(bytes(b))
