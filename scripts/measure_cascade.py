@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import sr3_mini  # noqa: E402
 from sr3_mini.checkpoint import load_model  # noqa: E402
-from sr3_mini.data import bundled_eval_images, load_image  # noqa: E402
-from sr3_mini.metrics import consistency, psnr, sharpness, ssim  # noqa: E402
+from sr3_mini.data import bundled_eval_images  # noqa: E402
+from sr3_mini.evaluate import held_out  # noqa: E402
+from sr3_mini.metrics import scores as metric_scores  # noqa: E402
 from sr3_mini.resize import downsample, upsample  # noqa: E402
 from sr3_mini.sample import super_resolve  # noqa: E402
 
@@ -37,27 +38,21 @@ FIELDS = ("method", "stage2", "cond_noise", "cond_blur", "seeds", "psnr", "ssim"
 
 
 def scores(out, y, x) -> dict:
-    return {"psnr": psnr(out, y), "ssim": ssim(out, y), "sharpness": sharpness(out, y),
-            "consistency": consistency(x, out, 16)}
+    return metric_scores(out, y, x, 16)              # x is the x16 input: consistency downsamples by 16
 
 
 def stage1_error(steps: int) -> int:
     """Stage 1's RMS error against the true 64x64 image, in [-1, 1] units, on 256x256 centre crops of every third
     training photo (8 of them), seed 0: the size of what a second stage is fed wrong."""
     sr3 = sr3_mini.load_pretrained("sr3")[0]
-    paths = sorted((ROOT / "data" / "train").glob("*.png"))[::3][:8]
-    crops = []
-    for path in paths:
-        y = load_image(path)
-        top, left = (y.shape[-2] - 256) // 2, (y.shape[-1] - 256) // 2
-        crops.append(y[:, top:top + 256, left:left + 256])
-    y = torch.stack(crops)
+    names, y = held_out(str(ROOT / "data" / "train"), 256)             # centre crops of every training photo
+    names, y = names[::3][:8], y[::3][:8]
     out = super_resolve(sr3, downsample(y, 16), steps=steps, generator=torch.Generator().manual_seed(0),
                         progress=False)
     err = out - downsample(y, 4)
     per = err.pow(2).mean(dim=(1, 2, 3)).sqrt()
     print(f"stage 1 ({steps} steps) on {len(y)} training photos: RMS error {err.pow(2).mean().sqrt():.3f} "
-          f"(per photo {', '.join(f'{v:.3f}' for v in per)}); photos: {', '.join(p.stem for p in paths)}")
+          f"(per photo {', '.join(f'{v:.3f}' for v in per)}); photos: {', '.join(names)}")
     return 0
 
 

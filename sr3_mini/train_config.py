@@ -134,9 +134,8 @@ _RULES = {  # field: (test, what it must be), for TrainConfig.check
         "val_size", "warmup_steps", "keep_every", "val_every", "num_workers")},
     "seed": (_integer, "an integer"),
     "lr": (lambda v: _number(v) and 0 < v < math.inf, "a finite number > 0"),
-    "grad_clip": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)"),
     **{k: (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = off)") for k in (
-        "cond_noise", "cond_blur")},
+        "grad_clip", "cond_noise", "cond_blur")},
     "ema_decay": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "diverge": (lambda v: _number(v) and (v == 0 or 1 < v < math.inf), "0 (off) or a finite number > 1"),
     "minutes": (lambda v: _number(v) and 0 <= v < math.inf, "a finite number >= 0 (0 = no limit)"),
