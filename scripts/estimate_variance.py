@@ -6,6 +6,7 @@ the checkpoint as ``<checkpoint>.variance.json``, tied to its SHA-256.
 
 v(gamma) = the per-pixel mean of E||y_0 - y^_0||^2 of the network's EMA weights on training crops (the bundled
 crops, never the held-out photos), y^_0 clamped as ``super_resolve`` clamps it; 33 noise levels, log-SNR -10..10.
+Its line in the SHA256SUMS beside the checkpoint (if any) is replaced.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sr3_mini import data  # noqa: E402
+from sr3_mini import data, update_checksum  # noqa: E402
 from sr3_mini.checkpoint import load_model  # noqa: E402
 from sr3_mini.evaluate import estimate_var_y0  # noqa: E402
 from sr3_mini.variance import save_table  # noqa: E402
@@ -44,6 +45,8 @@ def main(argv=None) -> int:
     for lam, v in zip(table.log_snr[::4], table.var_y0[::4]):
         print(f"log-SNR {lam:6.1f}  v = {v:.4g}")
     print(f"wrote {path} ({time.perf_counter() - t:.0f} s)")
+    if update_checksum(path):                            # load_pretrained checks the table too
+        print(f"updated {path.parent / 'SHA256SUMS'}")
     return 0
 
 

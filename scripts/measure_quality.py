@@ -67,16 +67,19 @@ def main(argv=None) -> int:
                    help="SR3's EMA weights (what sampling uses) or the raw weights of the last update")
     p.add_argument("--no-regression", action="store_true", help="skip the regression baseline and bicubic")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="where the models run: cpu (default), cuda, ... (the draws come "
+                   "from CPU generators whatever the device, so a seed gives the same noise)")
     p.add_argument("--csv", default=str(ROOT / "data" / "quality.csv"), help="rows are appended")
     p.add_argument("--per-image", help="also append every image's row to this CSV")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    sr3, info = load_model(args.checkpoint, use_ema=args.weights == "ema")
+    sr3, info = load_model(args.checkpoint, device=args.device, use_ema=args.weights == "ema")
     if info["weights"] != ("ema" if args.weights == "ema" else "model"):
         raise SystemExit(f"{args.checkpoint} has no {args.weights} weights")
     sr3.var_y0 = load_table(args.checkpoint)
-    regression = None if args.no_regression else load_model(args.regression_checkpoint, use_ema=True)[0]
+    regression = None if args.no_regression else load_model(args.regression_checkpoint, device=args.device,
+                                                                 use_ema=True)[0]
     hashes = {"sr3_sha256": sha256(args.checkpoint),
               "regression_sha256": "" if args.no_regression else sha256(args.regression_checkpoint)}
     out = Path(args.csv)

@@ -10,25 +10,14 @@ its steps counted on from the last stage's. Then ``scripts/estimate_variance.py`
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sr3_mini import update_checksum  # noqa: E402
 from sr3_mini.checkpoint import export_for_release, load_checkpoint, save_checkpoint  # noqa: E402
-
-
-def update_checksum(path: Path) -> None:
-    """Replace ``path``'s line in the SHA256SUMS beside it, if it has one: ``load_pretrained`` checks it."""
-    sums = path.parent / "SHA256SUMS"
-    if not sums.is_file():
-        return
-    lines = [line for line in sums.read_text().splitlines() if line.split()[1:] != [path.name]]
-    lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
-    sums.write_text("\n".join(lines) + "\n")
-    print(f"updated {sums}")
 
 
 def main(argv=None) -> int:
@@ -53,7 +42,8 @@ def main(argv=None) -> int:
     state["step"] = history[-1]["last_step"]          # updates since random weights, over every stage
     save_checkpoint(args.out, state)
     tmp.unlink()
-    update_checksum(Path(args.out))
+    if update_checksum(args.out):
+        print(f"updated {Path(args.out).parent / 'SHA256SUMS'}")
     for h in history:
         print(h)
     print(f"wrote {args.out}; now: python scripts/estimate_variance.py {args.out}")

@@ -26,14 +26,15 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
     (sampling may use any other: the network is conditioned on gamma), and the checkpoint's metadata.
     ``model.var_y0`` holds the network's v(gamma) for ``super_resolve(variance="analytic")`` when the checkpoint
     has one beside it (``variance.py``). ``kind="regression"`` gives the regression baseline of the paper's comparisons
-    instead; ``kind="sr3_stage2"`` a x4 SR3 model trained with noise on its input (conditioning augmentation,
-    ``cond_aug.py``) for a cascade's second stage (notebook 08; sample it with ``cond_noise=``). The files are
+    instead; ``kind="sr3_stage2"`` a x4 SR3 model trained with its input blurred (conditioning augmentation,
+    ``cond_aug.py``) for a cascade's second stage (notebook 08; sample it with ``cond_blur=0.75``). The files are
     looked up by ``data.data_dir()``: $SR3_MINI_DATA, the copy inside an installed wheel, or data/ in a clone.
-    A file listed in the SHA256SUMS beside it must match its checksum, else a ValueError says to reinstall.
+    A file listed in the SHA256SUMS beside it (the model, and its v(gamma) table) must match its checksum, else a
+    ValueError says to reinstall.
     """
     from .checkpoint import load_model
     from .data import data_dir
-    from .variance import load_table
+    from .variance import load_table, table_path
 
     if kind not in _BUNDLED:
         raise ValueError(f"kind must be one of {sorted(_BUNDLED)}, got {kind!r}")
@@ -43,9 +44,26 @@ def load_pretrained(kind: str = "sr3", device="cpu"):
                                 "folder that holds it, or install sr3_mini from a clone or a wheel built from "
                                 "one (data/MODEL_CARD.md says how to retrain it)")
     _check_sha256(path)
+    _check_sha256(table_path(path))      # its v(gamma) table, when there is one (a damaged digit would load silently)
     model, info = load_model(path, device=device, use_ema=True)
     model.var_y0 = load_table(path)      # v(gamma) for variance="analytic" (variance.py), or None
     return model, Schedule.from_dict(info["schedule"]), info
+
+
+def update_checksum(path) -> bool:
+    """Replace ``path``'s line in the SHA256SUMS beside it, if there is one (after a retrain: ``release_model.py``
+    and ``estimate_variance.py`` call it). Returns whether it did."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(path)
+    sums = path.parent / "SHA256SUMS"
+    if not sums.is_file():
+        return False
+    lines = [line for line in sums.read_text().splitlines() if line.split()[1:] != [path.name]]
+    lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
+    sums.write_text("\n".join(lines) + "\n")
+    return True
 
 
 def _check_sha256(path) -> None:
@@ -54,11 +72,11 @@ def _check_sha256(path) -> None:
     import hashlib
 
     sums = path.parent / "SHA256SUMS"
-    if not sums.is_file():
+    if not sums.is_file() or not path.is_file():
         return
     listed = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line.strip())
     listed = {name.strip().lstrip("*"): digest for name, digest in listed.items()}
     if path.name in listed and hashlib.sha256(path.read_bytes()).hexdigest() != listed[path.name]:
-        raise ValueError(f"bundled model {path} does not match its checksum in {sums}: the file is damaged. Reinstall "
+        raise ValueError(f"bundled file {path} does not match its checksum in {sums}: the file is damaged. Reinstall "
                          "sr3_mini (pip install --force-reinstall sr3_mini) or restore it (git checkout in a clone); "
                          "after a retrain, update its line there")

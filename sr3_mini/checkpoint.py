@@ -303,3 +303,21 @@ def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
                weights_source="ema" if state.get("ema") is not None else "model")
     return save_checkpoint(dst, out)
 
+
+
+def slim_for_resume(src, dst) -> Path:
+    """A resumable copy of a training checkpoint at half its size, for committing to a repository (whose whole
+    tree must stay small: it travels to a lent GPU, 64 MiB at most): the weights and the EMA in float16, Adam's two
+    moments in bfloat16 (the second moment needs bfloat16's range), the RNG state as it was. ``restore_training``
+    reads it unchanged (loading casts every tensor back to its parameter's float32), so a resumed run goes on from
+    weights rounded to float16: close to the full checkpoint's continuation, not bit-identical. Returns ``dst``."""
+    state = load_checkpoint(src)
+    if state.get("optimizer") is None or state.get("ema") is None:
+        raise ValueError(f"{src} holds no optimizer or EMA state: not a training checkpoint")
+    half = lambda sd, dtype: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}  # noqa: E731
+    opt = state["optimizer"]
+    moments = {i: {k: v.to(torch.bfloat16) if k in ("exp_avg", "exp_avg_sq") else v for k, v in s.items()}
+               for i, s in opt["state"].items()}
+    out = {**state, "model": half(state["model"], torch.float16), "ema": half(state["ema"], torch.float16),
+           "optimizer": {**opt, "state": moments}, "slim": "float16 weights, bfloat16 Adam moments"}
+    return save_checkpoint(dst, out)

@@ -11,8 +11,9 @@ SR3 samples with the checkpoint's own training schedule respaced to ``--steps``;
 and tiled (``tiling.py``), and ``upscale`` refuses, before it starts, a run estimated beyond ``--max-gib`` or
 ``--max-minutes``. User errors (missing or non-image files, an existing output, a mismatched checkpoint, bad
 option values, a training configuration that cannot run) end with one line ``sr3-mini: error: ...`` on stderr
-and exit status 2, having written nothing; outputs are written atomically. ``train`` stopped by Ctrl-C or
-SIGTERM saves the step reached and exits with 130; a run that stops early says, in one line, what it kept.
+and exit status 2, having written nothing; outputs are written atomically. Ctrl-C or SIGTERM stops any command
+with one line and exit status 130; ``train`` so stopped saves the step reached; a run that stops early says, in
+one line, what it kept.
 Here: parsing and messages only; what each command does is in ``commands.py``.
 Relies on: commands, train_config (TrainConfig, for ``train``'s options), checkpoint (``KINDS``).
 """
@@ -181,6 +182,34 @@ def config_from_args(argv=None):
 def main(argv=None) -> int:
     """Entry point of ``sr3-mini`` and ``python -m sr3_mini``. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_as_ctrl_c():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (``kill``, a job scheduler, a container stopping) becomes Ctrl-C for every command: the temporary
+    file of an atomic write is removed, the command says "interrupted" and exits with 130, where Python's default
+    would die at once, silently, leaving the temporary file. (``train`` installs its own handlers from its first
+    write on: the step reached is saved.) Left alone when SIGTERM is ignored or handled already, or off the main
+    thread, where no handler can be set."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    mine = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if mine:
+        signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        if mine:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(argv) -> int:
     try:
         if argv[:1] == ["train"]:
             return cmd_train(config_from_args(argv[1:]))

@@ -45,7 +45,7 @@ class Schedule:
         self.gammas = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(alphas, 0)])  # [T+1]
         self.T = int(alphas.numel())
         self.name = name or f"custom(T={self.T})"
-        self._on_device = {}  # (device, dtype) -> (self.gammas, its copy there): see ``gammas_on``
+        self._on_device = {}  # (what, device, dtype) -> (self.gammas, a table there): see ``_cached``
 
     # ---- constructors -------------------------------------------------------------------------------------
     @classmethod
@@ -134,10 +134,15 @@ class Schedule:
     def gammas_on(self, device, dtype=torch.float64) -> torch.Tensor:
         """gamma_0..gamma_T ([T + 1], as ``gammas``) in ``dtype`` on ``device``, copied there once and then reused:
         a copy per training step would be a host-device synchronisation every step. Do not modify the result."""
-        key = (torch.device(device), dtype)
+        return self._cached("gammas", device, dtype, lambda: self.gammas)
+
+    def _cached(self, what: str, device, dtype, build) -> torch.Tensor:
+        """``build()`` (a float64 CPU tensor made from ``gammas``) in ``dtype`` on ``device``, made and copied once,
+        and again only if ``gammas`` was replaced (``from_gammas`` does)."""
+        key = (what, torch.device(device), dtype)
         source, copy = self._on_device.get(key, (None, None))
-        if source is not self.gammas:  # first use there, or ``gammas`` was replaced (``from_gammas`` does)
-            source, copy = self.gammas, self.gammas.to(dtype).to(device)
+        if source is not self.gammas:
+            source, copy = self.gammas, build().to(dtype).to(device)
             self._on_device[key] = source, copy
         return copy
 
@@ -149,11 +154,21 @@ class Schedule:
 
     def gamma_density(self, g) -> torch.Tensor:
         """p(gamma) at g: (1/T) sum_t 1[gamma_t <= g < gamma_{t-1}] / (gamma_{t-1} - gamma_t), the derivative of
-        ``gamma_cdf`` (float64, on the CPU, shaped like g)."""
-        g = torch.as_tensor(g, dtype=torch.float64).cpu()
-        lo, hi = self.gammas[1:], self.gammas[:-1]
-        inside = (g.unsqueeze(-1) >= lo) & (g.unsqueeze(-1) < hi)
-        return (inside / (hi - lo)).sum(-1) / self.T
+        ``gamma_cdf``, shaped like g. A floating tensor g keeps its device and dtype (training calls this every step:
+        no host-device copy); anything else is read as float64 on the CPU. The interval is found by search among
+        ``gammas_on(g's device, dtype)``; the per-interval densities are computed once in float64."""
+        g = torch.as_tensor(g)
+        if not g.is_floating_point():
+            g = g.to(torch.float64)
+        ascending = self._cached("ascending", g.device, g.dtype, lambda: self.gammas.flip(0))   # gamma_T..gamma_0
+        table = self._cached("density", g.device, g.dtype, self._density_table)
+        return table[torch.searchsorted(ascending, g.contiguous(), right=True)]
+
+    def _density_table(self) -> torch.Tensor:
+        """[T + 2]: entry j is p(gamma) on [gamma_{T-j+1}, gamma_{T-j}) (j = 1..T), 0 below gamma_T and at 1."""
+        a = self.gammas.flip(0)
+        zero = torch.zeros(1, dtype=torch.float64)
+        return torch.cat([zero, (1 / (a[1:] - a[:-1])) / self.T, zero])
 
     # ---- persistence --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

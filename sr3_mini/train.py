@@ -140,12 +140,12 @@ def loss_weights(schedule, gamma: torch.Tensor, weighting: str) -> torch.Tensor 
         return None
     if weighting != "bound":
         raise ValueError(f"loss_weighting must be none or bound, got {weighting!r}")
-    g = gamma.detach().double().cpu()
+    g = gamma.detach()                                         # on its device: no host sync per step
     p_lambda = schedule.gamma_density(g) * g * (1 - g)
-    ends = schedule.gammas[[1, -1]].double()                   # gamma_1, gamma_T
+    ends = schedule.gammas[[1, -1]].double()                   # gamma_1, gamma_T (on the CPU, from the schedule)
     k = 1 / float(torch.logit(ends[0]) - torch.logit(ends[1]))
-    w = (k / p_lambda.clamp_min(1e-300)).clamp(max=BOUND_WEIGHT_CAP)
-    return w.to(gamma.device, torch.float32)
+    w = (k / p_lambda.clamp_min(torch.finfo(p_lambda.dtype).tiny)).clamp(max=BOUND_WEIGHT_CAP)
+    return w.float()
 
 
 def train(cfg: TrainConfig, pool: torch.Tensor | None = None, val: torch.Tensor | None = None) -> dict:

@@ -98,7 +98,8 @@ class UNetConfig:
 
 
 # Table 1 of the paper (channel dim, depth multipliers, ResNet blocks; the parameter count is in the comment),
-# and two CPU-sized presets. Attention resolutions are our choice (DDPM's 16x16), tuned to hit Table 1's counts.
+# two CPU-sized presets and one for a lent GPU. Attention resolutions are our choice (DDPM's 16x16), tuned to hit
+# Table 1's counts.
 PRESETS: dict[str, dict] = {
     # 550M; dropout 0.2 is the paper's 16->128 setting
     "sr3_16_128": dict(channels=128, channel_mults=(1, 2, 4, 8, 8), num_res_blocks=3,
@@ -119,6 +120,11 @@ PRESETS: dict[str, dict] = {
     # the widths stay at 16 for the two finest levels and the parameters (2.9M) sit at 8x8 and 4x4
     "mini": dict(channels=16, channel_mults=(1, 1, 2, 4, 8), num_res_blocks=1,
                  attn_resolutions=(8,), image_size=64, norm_groups=8),
+    # the 16->64 model for a lent GPU (scripts/gpu_session.sh): 8.5M, 64 channels at full resolution, two blocks per
+    # level. The bundled mini underfits (data/MODEL_CARD.md, "Over- or under-fitting?"); minutes of a GPU train this
+    # one on more crops than the CPU gave mini in hours. Its size is bounded by the repository's: 17 MB in float16
+    "gpu64": dict(channels=64, channel_mults=(1, 1, 2, 2), num_res_blocks=2,
+                  attn_resolutions=(8,), image_size=64, norm_groups=16),
     # unit tests: milliseconds per forward on 16x16
     "tiny": dict(channels=16, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                  image_size=16, norm_groups=8, attn_head_channels=16),

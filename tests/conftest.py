@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from sr3_mini.toy import ToyProblem
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -11,3 +13,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The toy problem the samplers run on (toy.py): 3 x 8 x 8 images (d = 192), x 3 x 4 x 4, the default mixture.
+    test_toy.py checks it against exact references; test_guidance.py and others reuse it."""
+    return ToyProblem(channels=3, size=8, scale=2)

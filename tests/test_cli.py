@@ -229,6 +229,36 @@ def test_upscale_rgba_overwrite_and_regression(assets, tmp_path, monkeypatch, ca
     assert size_of(tmp_path / "reg.png") == ((88, 120), "RGB")
 
 
+def test_sigterm_during_a_write_is_one_line_exit_130_and_leaves_no_file(assets, tmp_path):
+    """SIGTERM (kill, a scheduler) used to end every command but train at once: no message, status -15, and a write
+    cut short left its temporary file. Now it is Ctrl-C: the temporary file is removed, one line, status 130, and
+    the default SIGTERM is back afterwards. The signal is sent from inside the write, half a file written (in a
+    child process: without the fix, SIGTERM kills whoever receives it)."""
+    script = f"""if True:
+        import os, signal, sys, time
+        from pathlib import Path
+        from sr3_mini import cli, data
+
+        def killed_mid_write(image, path):
+            Path(path).write_bytes(b"half a PNG")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)                                # the handler runs long before this ends
+
+        data.save_image = killed_mid_write
+        code = cli.main(["upscale", {str(assets / "lr_odd.png")!r}, "-o", "out.png", "--steps", "2",
+                         "--checkpoint", {str(assets / "data" / "sr3_mini_x4.pt")!r}])
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        sys.exit(code)
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130 and proc.stderr.strip() == "sr3-mini: interrupted; nothing was written", \
+        (proc.returncode, proc.stderr[-2000:])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_evaluate_a_folder_skips_non_images_and_honours_limit(assets, tmp_path, monkeypatch, capsys, one_thread):
     folder = tmp_path / "photos"
     folder.mkdir()

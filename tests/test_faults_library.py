@@ -6,6 +6,7 @@ ValueErrors into one line and exit status 2 (tests/test_cli.py).
 """
 import hashlib
 import io
+import json
 import os
 import random
 import shutil
@@ -132,7 +133,7 @@ def test_a_mangled_pickle_with_valid_checksums_is_a_value_error_too(good, tmp_pa
 # ---- the bundled models against data/SHA256SUMS -----------------------------------------------------------------
 def test_sha256sums_lists_the_bundled_models():
     sums = dict(reversed(line.split()) for line in (DATA / "SHA256SUMS").read_text().splitlines())
-    for name in ("sr3_mini_x4.pt", "regression_x4.pt", "sr3_stage2_x4.pt"):
+    for name in ("sr3_mini_x4.pt", "regression_x4.pt", "sr3_stage2_x4.pt", "sr3_mini_x4.pt.variance.json"):
         assert sums[name] == hashlib.sha256((DATA / name).read_bytes()).hexdigest(), name
 
 
@@ -151,6 +152,27 @@ def test_a_bundled_model_with_flipped_bytes_is_refused(tmp_path, monkeypatch, ki
     (tmp_path / name).write_bytes(bytes(b))
     with pytest.raises(ValueError, match=f"{name}.*SHA256SUMS.*reinstall"):
         sr3_mini.load_pretrained(kind)
+
+
+def test_a_damaged_variance_table_is_refused_and_a_retrain_updates_its_line(tmp_path, monkeypatch):
+    """One changed digit of v(gamma) still parses and is tied to the right model by its SHA-256: only the table's own
+    line in SHA256SUMS sees it. ``update_checksum`` (what release_model.py and estimate_variance.py call) makes a
+    deliberate change load again."""
+    name = "sr3_mini_x4.pt"
+    for f in ("SHA256SUMS", name, name + ".variance.json"):
+        shutil.copy(DATA / f, tmp_path / f)
+    monkeypatch.setenv("SR3_MINI_DATA", str(tmp_path))
+    table = tmp_path / (name + ".variance.json")
+    d = json.loads(table.read_text())
+    d["var_y0"][5] *= 3
+    table.write_text(json.dumps(d, indent=1))
+    with pytest.raises(ValueError, match=r"variance\.json.*SHA256SUMS.*reinstall"):
+        sr3_mini.load_pretrained("sr3")
+    assert sr3_mini.update_checksum(table)
+    model, _, _ = sr3_mini.load_pretrained("sr3")
+    assert model.var_y0.var_y0[5] == d["var_y0"][5]
+    assert sum(line.endswith(name + ".variance.json") for line in (tmp_path / "SHA256SUMS").read_text().splitlines()) == 1
+    assert not sr3_mini.update_checksum(tmp_path / "elsewhere" / "x.pt")     # no SHA256SUMS there: nothing to do
 
 
 # ---- temporary files of killed saves ------------------------------------------------------------------------------

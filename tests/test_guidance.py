@@ -22,10 +22,6 @@ def gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.fixture(scope="module")
-def small():
-    return ToyProblem(channels=3, size=8, scale=2)
-
 
 def test_drop_condition_drops_whole_examples_with_probability_p():
     x_up = torch.randn(4000, 3, 4, 4) + 5                       # never zero by chance
@@ -62,20 +58,20 @@ def test_guided_is_the_stated_combination():
         guided(f, -1.0)
 
 
-def test_exact_unconditional_denoiser_limits_and_prior_sampling(small):
+def test_exact_unconditional_denoiser_limits_and_prior_sampling(toy):
     """E[y_0 | y_t] is sum_k w_k mu_k at gamma = 0 and y_t at gamma = 1; Algorithm 2 driven by it draws the prior:
     mode counts within 4 standard deviations of n w_k."""
-    y_t = torch.randn(5, *small.shape, generator=gen(2), dtype=F64)
-    prior_mean = (small.weights[:, None] * small.mu).sum(0).reshape(small.shape)
-    torch.testing.assert_close(small.posterior_mean(y_t, None, 0.0), prior_mean.expand(5, *small.shape))
-    torch.testing.assert_close(small.posterior_mean(y_t, None, 1.0), y_t)
+    y_t = torch.randn(5, *toy.shape, generator=gen(2), dtype=F64)
+    prior_mean = (toy.weights[:, None] * toy.mu).sum(0).reshape(toy.shape)
+    torch.testing.assert_close(toy.posterior_mean(y_t, None, 0.0), prior_mean.expand(5, *toy.shape))
+    torch.testing.assert_close(toy.posterior_mean(y_t, None, 1.0), y_t)
     n = 600
-    f_u = small.exact_f_theta(None)
+    f_u = toy.exact_f_theta(None)
     x_up = torch.zeros(n, 3, 8, 8, dtype=F64)
     y_0 = sample_loop(f_u, x_up, Schedule.linear(2000, 1e-6, 1e-2).respaced(50), generator=gen(3), progress=False)
-    counts = torch.bincount(small.component_probs(y_0).argmax(1), minlength=small.K).to(F64)
-    sd = (n * small.weights * (1 - small.weights)).sqrt()
-    assert ((counts - n * small.weights).abs() <= 4 * sd).all(), (counts, n * small.weights)
+    counts = torch.bincount(toy.component_probs(y_0).argmax(1), minlength=toy.K).to(F64)
+    sd = (n * toy.weights * (1 - toy.weights)).sqrt()
+    assert ((counts - n * toy.weights).abs() <= 4 * sd).all(), (counts, n * toy.weights)
 
 
 def test_guidance_trades_diversity_for_fidelity_on_the_toy():

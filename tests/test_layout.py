@@ -122,3 +122,19 @@ def test_tqdm_disable_is_left_to_tqdm():
     """tqdm reads TQDM_DISABLE itself; the library only turns a bar off when asked (progress=False)."""
     assert not [p.name for p in PACKAGE.glob("*.py") if "TQDM_DISABLE\"" in p.read_text()
                 or "environ.get(\"TQDM" in p.read_text()]
+
+
+TREE_LIMIT_MIB = 64 - 4        # a lent GPU takes the checkout's tracked files, 64 MiB at most; 4 MiB for wheels
+
+
+def test_the_tracked_tree_fits_a_call_to_a_lent_gpu():
+    """scripts/gpu_session.sh runs on a machine that receives this checkout, 64 MiB at most (wheels carried along,
+    e.g. diffusers for the benchmark, count too). A 47 MB training checkpoint once put it at 81 MB, which would have
+    refused every call: commit training checkpoints slimmed (checkpoint.slim_for_resume), never whole."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no tracked files to sum")
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    sizes = {n.decode(): (ROOT / n.decode()).stat().st_size for n in names if n and (ROOT / n.decode()).is_file()}
+    total = sum(sizes.values()) / 2**20
+    biggest = sorted(sizes, key=sizes.get)[-3:]
+    assert total <= TREE_LIMIT_MIB, f"tracked files: {total:.1f} MiB (largest: {biggest})"

@@ -30,6 +30,27 @@ def test_gamma_density_is_the_derivative_of_the_cdf_and_integrates_to_one():
     assert float(s.gamma_density(torch.tensor([0.0, 1.0]))[0]) == 0.0
 
 
+def test_gamma_density_stays_on_gammas_device_and_dtype_and_matches_the_definition():
+    """The search-based density equals the definition's sum over intervals exactly in float64; a float32 tensor
+    (what training draws on a GPU) stays float32 and agrees to float32 rounding away from the knots; so do the bound
+    weights, which training no longer copies to the host every step."""
+    s = Schedule.linear(2000, 1e-6, 1e-2)
+    g = s.sample_gamma(5000, torch.Generator().manual_seed(3))
+    g = torch.cat([g, s.gammas, torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)])   # every knot, and outside
+    lo, hi = s.gammas[1:], s.gammas[:-1]
+    inside = (g.unsqueeze(-1) >= lo) & (g.unsqueeze(-1) < hi)
+    assert torch.equal(s.gamma_density(g), (inside / (hi - lo)).sum(-1) / s.T)
+    g32 = g.float()
+    d32 = s.gamma_density(g32)
+    assert d32.dtype == torch.float32 and d32.shape == g.shape
+    far = ((g[:, None] - s.gammas[None]).abs() > 1e-6 * g[:, None].clamp_min(1e-3)).all(1)
+    torch.testing.assert_close(d32[far].double(), s.gamma_density(g32.double())[far], rtol=1e-5, atol=0)
+    w32, w64 = loss_weights(s, g32[:5000], "bound"), loss_weights(s, g[:5000], "bound")
+    assert w32.dtype == w64.dtype == torch.float32
+    torch.testing.assert_close(w32[far[:5000]], w64[far[:5000]], rtol=1e-3, atol=0)   # 1 - gamma in float32
+    assert torch.equal(s.gamma_density(g.reshape(-1, 1)[:10]), s.gamma_density(g[:10]).reshape(-1, 1))
+
+
 def test_bound_weights_make_every_log_snr_count_alike():
     """Weighted draws per unit log-SNR are k = 1 / (lambda_1 - lambda_T) wherever the cap does not bind (up to
     lambda = 8 for this schedule), within 3 % (400,000 draws: the Monte Carlo error is under 1 %)."""
