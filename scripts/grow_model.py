@@ -2,7 +2,9 @@
 its fresh initialisation. Used to measure whether width at full resolution is what keeps the bundled SR3 model's
 samples alike (issue 17, ``data/MODEL_CARD.md``): the "mini" preset has 16 channels at 64x64 and 32x32.
 
-    python scripts/grow_model.py checkpoints/sr3_l2_finetune/last.pt /tmp/wide_init.pt \\
+    git show e1069a8:checkpoints/sr3_l2_finetune/last.pt > /tmp/l2_10400.pt     # the L2 run, retired (slim:
+    # the wide run of the model card grew from the full file, which differs from it by float16 rounding)
+    python scripts/grow_model.py /tmp/l2_10400.pt /tmp/wide_init.pt \\
         --unet channels=32 channel_mults="(1, 1, 1, 2, 4)" emb_mult=2
 
 The widths at 16x16 and below (32, 64, 128) and the gamma embedding's width (2 x 32 = 64) then equal mini's, so the
