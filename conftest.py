@@ -12,9 +12,11 @@ import pytest  # noqa: E402
 
 # Under pytest-xdist (make test: -n 2 --dist loadfile) a worker that runs out of work takes the next whole file in
 # the order the workers collected them; these notebooks take longest (seconds on one core, measured 2026-12-06:
-# 10 164, 08 125, 07 108, 06 52, 04 26; every other file is shorter), so they go first and no long file is left
-# to run alone at the end. Only the order changes; every file still runs whole, its cells in order.
-SLOW_FIRST = ("10_exact_posterior", "08_cascade", "07_sampling_and_evaluation", "06_training", "04_reverse_process")
+# 10 164, 08 125, 07 108, 06 52, 04 26; tests/test_gpu_session.py, two dry runs of the GPU script, about 70; every
+# other file is shorter), so they go first and no long file is left to run alone at the end. Only the order changes;
+# every file still runs whole, its cells in order.
+SLOW_FIRST = ("10_exact_posterior", "08_cascade", "07_sampling_and_evaluation", "test_gpu_session", "06_training",
+              "04_reverse_process")
 
 
 def pytest_configure(config):
