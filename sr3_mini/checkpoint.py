@@ -304,7 +304,6 @@ def export_for_release(src, dst, dtype: torch.dtype = torch.float16) -> Path:
     return save_checkpoint(dst, out)
 
 
-
 def slim_for_resume(src, dst) -> Path:
     """A resumable copy of a training checkpoint at half its size, for committing to a repository (whose whole
     tree must stay small: it travels to a lent GPU, 64 MiB at most): the weights and the EMA in float16, Adam's two

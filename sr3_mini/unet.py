@@ -121,8 +121,8 @@ PRESETS: dict[str, dict] = {
     "mini": dict(channels=16, channel_mults=(1, 1, 2, 4, 8), num_res_blocks=1,
                  attn_resolutions=(8,), image_size=64, norm_groups=8),
     # the 16->64 model for a lent GPU (scripts/gpu_session.sh): 8.5M, 64 channels at full resolution, two blocks per
-    # level. The bundled mini underfits (data/MODEL_CARD.md, "Over- or under-fitting?"); minutes of a GPU train this
-    # one on more crops than the CPU gave mini in hours. Its size is bounded by the repository's: 17 MB in float16
+    # level. The bundled mini underfits (data/MODEL_CARD.md, "Over- or under-fitting?"); this one is meant for a GPU's
+    # minutes (not yet run on one). Its size is bounded by the repository's: 17 MB in float16
     "gpu64": dict(channels=64, channel_mults=(1, 1, 2, 2), num_res_blocks=2,
                   attn_resolutions=(8,), image_size=64, norm_groups=16),
     # unit tests: milliseconds per forward on 16x16
