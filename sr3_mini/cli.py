@@ -15,7 +15,8 @@ and exit status 2, having written nothing; outputs are written atomically. Ctrl-
 with one line and exit status 130; ``train`` so stopped saves the step reached; a run that stops early says, in
 one line, what it kept.
 Here: parsing and messages only; what each command does is in ``commands.py``.
-Relies on: commands, train_config (TrainConfig, for ``train``'s options), checkpoint (``KINDS``).
+Relies on: commands, train_config (TrainConfig, for ``train``'s options), checkpoint (``KINDS``), stopping
+(``RunStop``: SIGTERM as Ctrl-C).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch
 from .checkpoint import KINDS
 from .commands import (DEFAULT_STEPS, DEFAULT_TILE, DEMO_STEPS, MAX_GIB, MAX_MINUTES, CLIError, cmd_demo,
                        cmd_evaluate, cmd_train, cmd_upscale)
+from .stopping import RunStop
 
 __all__ = ["main", "build_parser", "train_parser", "config_from_args", "unet_overrides", "CLIError"]
 
@@ -182,31 +184,11 @@ def config_from_args(argv=None):
 def main(argv=None) -> int:
     """Entry point of ``sr3-mini`` and ``python -m sr3_mini``. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    with _sigterm_as_ctrl_c():
+    # SIGTERM (kill, a scheduler, a container stopping) becomes Ctrl-C for every command, with the trainer's own
+    # mechanism: the temporary file of an atomic write is removed, one line, status 130, where Python's default would
+    # die at once, silently, leaving it. Inside, train() sets its own handlers, which save the step reached.
+    with RunStop():
         return _main(argv)
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM (``kill``, a job scheduler, a container stopping) becomes Ctrl-C for every command: the temporary
-    file of an atomic write is removed, the command says "interrupted" and exits with 130, where Python's default
-    would die at once, silently, leaving the temporary file. (``train`` installs its own handlers from its first
-    write on: the step reached is saved.) Left alone when SIGTERM is ignored or handled already, or off the main
-    thread, where no handler can be set."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    mine = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    if mine:
-        signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        if mine:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _main(argv) -> int:
