@@ -60,10 +60,17 @@ def update_checksum(path) -> bool:
     sums = path.parent / "SHA256SUMS"
     if not sums.is_file():
         return False
-    lines = [line for line in sums.read_text().splitlines() if line.split()[1:] != [path.name]]
+    lines = [line for line in sums.read_text().splitlines() if _sums_entry(line)[0] != path.name]
     lines.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
     sums.write_text("\n".join(lines) + "\n")
     return True
+
+
+def _sums_entry(line: str) -> tuple:
+    """``(name, digest)`` of one SHA256SUMS line in ``sha256sum``'s format (``*name`` in binary mode); ``("", "")``
+    for a blank one."""
+    digest, _, name = line.strip().partition(" ")
+    return name.strip().lstrip("*"), digest
 
 
 def _check_sha256(path) -> None:
@@ -74,8 +81,7 @@ def _check_sha256(path) -> None:
     sums = path.parent / "SHA256SUMS"
     if not sums.is_file() or not path.is_file():
         return
-    listed = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line.strip())
-    listed = {name.strip().lstrip("*"): digest for name, digest in listed.items()}
+    listed = dict(_sums_entry(line) for line in sums.read_text().splitlines() if line.strip())
     if path.name in listed and hashlib.sha256(path.read_bytes()).hexdigest() != listed[path.name]:
         raise ValueError(f"bundled file {path} does not match its checksum in {sums}: the file is damaged. Reinstall "
                          "sr3_mini (pip install --force-reinstall sr3_mini) or restore it (git checkout in a clone); "
